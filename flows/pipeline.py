@@ -1,0 +1,135 @@
+"""The gated pipeline flow: raw data in, a promoted (or refused) adapter out.
+
+Run locally (Prefect's temporary server, no setup):   tunegate run pipeline.yaml
+Deploy with a schedule:                                prefect deploy --all
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tunegate import stages
+from tunegate.config import PipelineConfig, load_config
+from tunegate.curate import CurationResult, curate
+from tunegate.evaluate import EvalOutcome
+from tunegate.lineage import Lineage, now
+from tunegate.models import BaseModel
+from tunegate.promote import Decision
+from tunegate.reports import funnel_markdown, metrics_markdown, write_report
+from tunegate.snapshot import Snapshot
+from tunegate.train import TrainResult
+
+
+def _stage(lineage: Lineage, run_id: str, stage: str, started: datetime, **metrics: object) -> None:
+    lineage.record_stage(run_id, stage, started, "completed", metrics)
+
+
+@task(cache_policy=NO_CACHE)
+def curate_data(config: PipelineConfig, lineage: Lineage, run_id: str) -> CurationResult:
+    """Ingest, check the record contract and drop exact duplicates; one verdict per row."""
+    started = now()
+    result = curate(config, lineage, run_id)
+    _stage(lineage, run_id, "curate", started, rows=result.n_input, accepted=len(result.accepted))
+    create_markdown_artifact(funnel_markdown(result.n_input, result.reasons), key="curation-funnel",
+                             description="Rows in, accepted and rejected per reason")  # fmt: skip
+    return result
+
+
+@task(cache_policy=NO_CACHE)
+def snapshot_data(
+    config: PipelineConfig, lineage: Lineage, run_id: str, result: CurationResult
+) -> Snapshot:
+    """Write the accepted rows as a hashed snapshot."""
+    started = now()
+    snap = stages.snapshot_records(config, lineage, run_id, result.accepted)
+    _stage(lineage, run_id, "snapshot", started, snapshot_id=snap.snapshot_id, rows=len(snap.record_ids))
+    return snap
+
+
+@task(cache_policy=NO_CACHE, retries=1)
+def load_base_model(config: PipelineConfig, lineage: Lineage) -> BaseModel:
+    """Resolve the base model (de-quantizing the embedded GGUF once)."""
+    return stages.prepare_base_model(config, lineage)
+
+
+@task(cache_policy=NO_CACHE)
+def train_qlora(
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel, snap: Snapshot
+) -> TrainResult:
+    """QLoRA-train an adapter on the snapshot."""
+    started = now()
+    result = stages.train_recorded(config, lineage, run_id, base, snap)
+    _stage(lineage, run_id, "train", started, adapter_id=result.adapter_id, **result.metrics)
+    create_table_artifact([{"metric": k, "value": v} for k, v in result.metrics.items()],
+                          key="training-metrics", description="QLoRA training")  # fmt: skip
+    return result
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_model(
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel, adapter: TrainResult | None
+) -> EvalOutcome:
+    """Held-out eval of the base model or the adapter."""
+    started = now()
+    outcome = stages.evaluate_recorded(config, lineage, run_id, base, adapter)
+    _stage(lineage, run_id, f"eval_{outcome.subject}", started, n=outcome.n, seconds=outcome.seconds)
+    return outcome
+
+
+@task(cache_policy=NO_CACHE)
+def gate_adapter(
+    config: PipelineConfig, lineage: Lineage, run_id: str, adapter: TrainResult,
+    base_eval: EvalOutcome, adapter_eval: EvalOutcome,
+) -> Decision:  # fmt: skip
+    """Run the gates and promote or refuse."""
+    started = now()
+    gates, decision = stages.gate_and_promote(config, lineage, run_id, adapter, base_eval, adapter_eval)
+    _stage(lineage, run_id, "gate", started, promoted=decision.promoted, reason=decision.reason)
+    banner = "PROMOTED" if decision.promoted else "REFUSED"
+    create_markdown_artifact(
+        f"# {banner} `{decision.adapter_id[:12]}` → `{decision.alias}`\n\n{decision.reason}\n\n"
+        + metrics_markdown(base_eval.metrics, adapter_eval.metrics),
+        key="promotion-gate", description="Held-out gate and promotion decision",
+    )  # fmt: skip
+    return decision
+
+
+@flow(name="tunegate-pipeline", log_prints=True)
+def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
+    """Curate → snapshot → QLoRA → eval base and adapter → gate → promote or refuse."""
+    config = load_config(config_path)
+    lineage = stages.open_lineage(config)
+    run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json())
+    try:
+        curation = curate_data(config, lineage, run_id)
+        snap = snapshot_data(config, lineage, run_id, curation)
+        base = load_base_model(config, lineage)
+        adapter = train_qlora(config, lineage, run_id, base, snap)
+        base_eval = evaluate_model(config, lineage, run_id, base, None)
+        adapter_eval = evaluate_model(config, lineage, run_id, base, adapter)
+        decision = gate_adapter(config, lineage, run_id, adapter, base_eval, adapter_eval)
+    except BaseException as exc:
+        lineage.end_run(run_id, "failed", repr(exc))
+        raise
+    report = write_report(config.resolve("reports"), run_id, {
+        "Curation": funnel_markdown(curation.n_input, curation.reasons),
+        "Held-out eval": metrics_markdown(base_eval.metrics, adapter_eval.metrics),
+        "Decision": f"**{'promoted' if decision.promoted else 'refused'}** "
+                    f"`{decision.adapter_id}` → `{decision.alias}`: {decision.reason}",
+    })  # fmt: skip
+    lineage.end_run(run_id, "promoted" if decision.promoted else "refused", decision.reason)
+    summary = stages.summarize(run_id, curation, config.gates.metric, base_eval, adapter_eval,
+                               decision, Path(report))  # fmt: skip
+    return asdict(summary)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(pipeline(sys.argv[1] if len(sys.argv) > 1 else "pipeline.yaml"))

@@ -1,0 +1,84 @@
+"""Shared fixtures: configs on temporary data and the embedded model cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tunegate.config import PipelineConfig, parse_config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def make_config(tmp_path: Path, sources: list[dict[str, str]], **overrides: object) -> PipelineConfig:
+    """A config rooted at tmp_path (relative source paths resolve there)."""
+    data: dict[str, object] = {
+        "workspace": str(tmp_path / "ws"),
+        "data": {"sources": sources, "min_accepted_rows": 1},
+    }
+    data.update(overrides)
+    return parse_config(data, root=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded SmolLM2 de-quantized once per test session (~20 s)."""
+    from tunegate.config import EMBEDDED_MODEL
+    from tunegate.models import resolve_base_model
+
+    cache = Path(os.environ.get("TUNEGATE_TEST_CACHE", REPO / ".tunegate" / "test-cache"))
+    return resolve_base_model(EMBEDDED_MODEL, cache).path
+
+
+# --- train fixtures (tests/test_train.py; shared: a tiny model any stage can train or load) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path):
+    """A 2-layer, randomly initialised Llama with the real SmolLM2 tokenizer and chat template.
+
+    Same tokenizer, template and architecture as the embedded model, ~3 M parameters: the
+    training and loading code paths run for real in seconds.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunegate.models import BaseModel, sha256_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return BaseModel(ref=str(path), path=path, sha256=sha256_dir(path))
+
+
+# --- end train fixtures ---

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunegate.cli import app
+from tunegate.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_yaml_config_in_the_repo_loads():
+    configs = [REPO / "pipeline.yaml", *sorted((REPO / "examples").glob("*.yaml"))]
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.data.sources, path
+
+
+def test_bad_keys_are_reported_with_path_and_reason(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "data:\n  sources: [{path: x.jsonl, format: xml}]\n"
+        "train:\n  learning_rat: 0.1\n  max_steps: -1\nlora:\n  r: zero\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    locs = dict(exc.value.problems)
+    assert set(locs) == {"data.sources.0.format", "train.learning_rat", "train.max_steps", "lora.r"}
+    assert "Extra inputs are not permitted" in locs["train.learning_rat"]
+    assert "greater than or equal to 1" in locs["train.max_steps"]
+
+
+def test_validate_cli_exit_codes(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {sources: []}\nunknown: 1\n")
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1
+    assert "data.sources" in result.output and "unknown" in result.output
+    ok = CliRunner().invoke(app, ["validate", str(REPO / "pipeline.yaml")])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_config_is_frozen_and_hash_is_canonical(tmp_path):
+    a = parse_config({"data": {"sources": [{"path": "x"}]}, "train": {"seed": 1}})
+    b = parse_config({"train": {"seed": 1}, "data": {"sources": [{"path": "x", "format": "auto"}]}})
+    c = parse_config({"data": {"sources": [{"path": "x"}]}, "train": {"seed": 2}})
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+    with pytest.raises(Exception, match="frozen"):
+        a.train.seed = 3  # type: ignore[misc]
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "p.yaml").write_text("data: {sources: [{path: d.jsonl}]}\n")
+    cfg = load_config(tmp_path / "sub" / "p.yaml")
+    assert cfg.resolve("d.jsonl") == (tmp_path / "sub" / "d.jsonl").resolve()

@@ -1,0 +1,42 @@
+import duckdb
+import pytest
+
+from tunegate.lineage import Lineage, LineageError, Verdict
+
+
+def test_schema_is_versioned_and_a_newer_file_is_refused(tmp_path):
+    db = tmp_path / "l.duckdb"
+    Lineage(db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(LineageError, match="schema version 99"):
+        Lineage(db)
+
+
+def test_writes_are_transactional(tmp_path):
+    lin = Lineage(tmp_path / "l.duckdb")
+    run = lin.start_run("test", "h", "{}")
+    bad = [Verdict("f", 1, None, "curate", "accepted"), Verdict("f", "x", None, "c", "rejected")]  # type: ignore[arg-type]
+    with pytest.raises(Exception):
+        lin.record_verdicts(run, bad)
+    assert lin.query("SELECT count(*) AS n FROM row_verdicts")[0]["n"] == 0
+    lin.record_verdicts(run, bad[:1])
+    assert lin.verdict_counts(run) == {"accepted": 1}
+
+
+def test_promotion_moves_alias_and_refusal_does_not(tmp_path):
+    lin = Lineage(tmp_path / "l.duckdb")
+    lin.record_promotion("a1", "production", "promoted", "ok", "ci", None)
+    lin.record_promotion("a2", "production", "refused", "gate failed", "ci", None)
+    assert lin.alias_target("production") == "a1"
+    assert [r["decision"] for r in lin.query("SELECT decision FROM promotions ORDER BY created_at")] == [
+        "promoted", "refused"]
+
+
+def test_adapter_lookup_by_prefix(tmp_path):
+    lin = Lineage(tmp_path / "l.duckdb")
+    lin.record_adapter("abcdef", "t", "/p", "b", "s", "c")
+    assert lin.adapter("abc")["adapter_id"] == "abcdef"
+    with pytest.raises(LineageError, match="no adapter"):
+        lin.adapter("zzz")

@@ -1,0 +1,184 @@
+"""The `tunegate` command line: one subcommand per stage plus lineage queries."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunegate.config import ConfigError, PipelineConfig, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline YAML.")]
+WorkspaceOpt = Annotated[
+    Path, typer.Option("--workspace", "-w", help="Workspace holding lineage.duckdb.")
+]
+
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # nothing downloads at run time
+    os.environ.setdefault(var, "1")
+
+
+def _config(path: Path) -> PipelineConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]invalid config[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _lineage(workspace: Path):  # noqa: ANN202 - imports duckdb lazily for fast `--help`
+    from tunegate.lineage import Lineage
+
+    db = workspace / "lineage.duckdb"
+    if not db.is_file():
+        err.print(f"[red]no lineage database at {db}[/red] (run `tunegate run` first)")
+        raise typer.Exit(1)
+    return Lineage(db)
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in rows[0] if rows else []:
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    return table
+
+
+@app.command()
+def validate(config: ConfigArg) -> None:
+    """Check a pipeline YAML; every bad key is reported with its path and reason."""
+    cfg = _config(config)
+    console.print(f"[green]ok[/green] {config} (config hash {cfg.config_hash()[:16]})")
+
+
+@app.command()
+def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
+    """Run the whole gated pipeline as a Prefect flow (temporary local server)."""
+    _config(config)  # fail fast, before Prefect starts
+    from flows.pipeline import pipeline
+
+    summary = pipeline(str(config))
+    rows = summary["rows"]
+    held = summary["heldout"]
+    table = Table(title=f"tunegate run {summary['run_id']}", title_justify="left")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("rows in / accepted / rejected", f"{rows['in']} / {rows['accepted']} / {rows['rejected']}")
+    table.add_row(f"held-out {held['metric']} base → adapter", f"{held['base']:.3f} → {held['adapter']:.3f}")
+    table.add_row("gate", summary["gate"])
+    table.add_row("adapter id", str(summary["adapter_id"]))
+    table.add_row("decision", summary["reason"])
+    table.add_row("report", summary["report"])
+    console.print(table)
+    if not summary["promoted"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+def curate(config: ConfigArg) -> None:
+    """Run curation alone and print the funnel (every row gets a verdict)."""
+    cfg = _config(config)
+    from tunegate import stages
+    from tunegate.curate import CurationError
+    from tunegate.curate import curate as curate_rows
+
+    lineage = stages.open_lineage(cfg)
+    run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
+    try:
+        result = curate_rows(cfg, lineage, run_id)
+    except CurationError as exc:
+        lineage.end_run(run_id, "failed", str(exc))
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    lineage.end_run(run_id, "completed")
+    rows = [{"verdict": k, "rows": n} for k, n in sorted(result.reasons.items(), key=lambda kv: -kv[1])]
+    console.print(_table(f"curation {run_id}: {result.n_input} rows", rows))
+
+
+@app.command()
+def verdicts(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: latest).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only this reason code.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Write rejected rows as JSONL.")] = None,
+    limit: int = 50,
+) -> None:
+    """List row verdicts of a run, or export the rejected rows for fixing."""
+    lineage = _lineage(workspace)
+    if run_id is None:
+        latest = lineage.query(
+            "SELECT run_id FROM row_verdicts JOIN runs USING (run_id) ORDER BY started_at DESC LIMIT 1"
+        )
+        if not latest:
+            err.print("[red]no verdicts recorded yet[/red]")
+            raise typer.Exit(1)
+        run_id = latest[0]["run_id"]
+    sql = (
+        "SELECT v.source, v.source_row, v.status, v.reason, v.detail, r.messages_json "
+        "FROM row_verdicts v LEFT JOIN records r USING (record_id) WHERE v.run_id = ?"
+    )
+    params: list[Any] = [run_id]
+    if reason:
+        sql += " AND v.reason = ?"
+        params.append(reason)
+    if export:
+        rows = lineage.query(sql + " AND v.status = 'rejected' ORDER BY v.source, v.source_row", params)
+        with export.open("w") as f:
+            for r in rows:
+                msgs = json.loads(r.pop("messages_json")) if r["messages_json"] else None
+                f.write(json.dumps({**r, "messages": msgs}, ensure_ascii=False) + "\n")
+        console.print(f"wrote {len(rows)} rejected rows to {export}")
+        return
+    rows = lineage.query(sql + " ORDER BY v.source, v.source_row LIMIT ?", [*params, limit])
+    for r in rows:
+        r.pop("messages_json")
+    console.print(_table(f"verdicts of {run_id}", rows))
+
+
+@app.command("lineage")
+def lineage_cmd(
+    adapter_id: Annotated[str, typer.Argument(help="Adapter id (a unique prefix is enough).")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Trace an adapter back to its source files, snapshot, training run, evals and promotion."""
+    from tunegate.lineage import LineageError
+
+    try:
+        chain = _lineage(workspace).chain(adapter_id)
+    except LineageError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps(chain, default=str))
+        return
+    a, t, s = chain["adapter"], chain["training"], chain["snapshot"]
+    console.print(f"[bold]adapter[/bold] {a['adapter_id']}\n  path {a['path']}")
+    console.print(_table("source files", [
+        {"path": r["path"], "sha256": r["sha256"][:16], "format": r["format"],
+         "origin": r["origin"], "rows": r["n_rows"]} for r in chain["sources"]]))  # fmt: skip
+    console.print(f"[bold]verdicts[/bold] {chain['verdicts']}")
+    if s:
+        console.print(f"[bold]snapshot[/bold] {s['snapshot_id']} ({s['n_records']} records) {s['path']}")
+    if t:
+        console.print(
+            f"[bold]training run[/bold] {t['training_run_id']} status {t['status']}\n"
+            f"  config hash {t['config_hash']}\n  seed {t['seed']}\n"
+            f"  base model {t['base_model_ref']} sha256 {t['base_model_sha256']}"
+        )
+    console.print(_table("eval results", chain["evals"]))
+    console.print(_table("gates", chain["gates"]))
+    console.print(_table("promotions", chain["promotions"]))
+
+
+if __name__ == "__main__":
+    app()

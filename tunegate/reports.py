@@ -1,0 +1,47 @@
+"""Run reports: Markdown tables a data team and a release reviewer read.
+
+The same Markdown goes into Prefect artifacts and into `reports/<run id>/summary.md`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunegate.lineage import REASON_CODES
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def funnel_markdown(n_input: int, reasons: dict[str, int]) -> str:
+    rows = [(k, n, REASON_CODES.get(k, "")) for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    return f"**{n_input} input rows**\n\n" + markdown_table(["verdict", "rows", "meaning"], rows)
+
+
+def metrics_markdown(base: dict[str, tuple[float, float | None]],
+                     adapter: dict[str, tuple[float, float | None]]) -> str:  # fmt: skip
+    rows = []
+    for name in sorted(set(base) | set(adapter)):
+        b, a = base.get(name, (float("nan"), None))[0], adapter.get(name, (float("nan"), None))[0]
+        rows.append((name, b, a, a - b))
+    return markdown_table(["metric", "base", "adapter", "gain"], rows)
+
+
+def write_report(reports_dir: Path, run_id: str, sections: dict[str, str]) -> Path:
+    """Write `reports/<run id>/summary.md` from titled Markdown sections."""
+    out = reports_dir / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    body = "\n\n".join(f"## {title}\n\n{text}" for title, text in sections.items())
+    path = out / "summary.md"
+    path.write_text(f"# tunegate run {run_id}\n\n{body}\n")
+    return path
