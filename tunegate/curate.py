@@ -7,15 +7,14 @@ returned: input rows = accepted + rejected, or the run fails loudly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-
 from tqdm import tqdm
 
 from tunegate.config import PipelineConfig
 from tunegate.ingest import Rejected, file_sha256, ingest_file, source_files
 from tunegate.lineage import Lineage, Verdict
-from tunegate.quality.contract import contract_failures
-from tunegate.quality.dedup import ExactDeduper
+from tunegate.quality.checks import RowCheck
+from tunegate.quality.contract import RecordContract
+from tunegate.quality.dedup import ExactDuplicates
 from tunegate.records import Record
 
 STAGE = "curate"
@@ -48,9 +47,17 @@ def _reject(source: str, row: int, reason: str, detail: str, record_id: str | No
     return Verdict(source, row, record_id, STAGE, "rejected", reason, detail)
 
 
-def curate_records(config: PipelineConfig) -> CurationResult:
+def build_checks(config: PipelineConfig) -> list[RowCheck]:
+    """The row checks of a config, cheap to costly."""
+    checks: list[RowCheck] = [RecordContract()]
+    if config.dedup.exact:
+        checks.append(ExactDuplicates())
+    return checks
+
+
+def curate_records(config: PipelineConfig, checks: list[RowCheck] | None = None) -> CurationResult:
     """Run every source through the checks; pure (no lineage writes) so it is easy to test."""
-    deduper = ExactDeduper()
+    checks = build_checks(config) if checks is None else checks
     result = CurationResult(accepted=[], verdicts=[])
     for src in config.data.sources:
         for path in source_files(config.resolve(src.path)):
@@ -58,7 +65,7 @@ def curate_records(config: PipelineConfig) -> CurationResult:
             for item in tqdm(ingest_file(path, src.format, src.origin), desc=path.name, unit=" rows",
                              leave=False):  # fmt: skip
                 n_rows += 1
-                result.verdicts.append(_judge(item, deduper, config, result))
+                result.verdicts.append(_judge(item, checks, result))
             result.files.append(
                 {"path": str(path), "sha256": file_sha256(path), "format": src.format,
                  "origin": src.origin, "rows": n_rows}  # fmt: skip
@@ -66,20 +73,17 @@ def curate_records(config: PipelineConfig) -> CurationResult:
     return result
 
 
-def _judge(
-    item: Record | Rejected, deduper: ExactDeduper, config: PipelineConfig, result: CurationResult
-) -> Verdict:
+def _judge(item: Record | Rejected, checks: list[RowCheck], result: CurationResult) -> Verdict:
+    """The first failing check decides; a row passing all of them is accepted."""
     if isinstance(item, Rejected):
         return _reject(item.source, item.row, "schema", item.detail)
-    where = f"{item.source}:{item.source_row}"
-    failures = contract_failures(item)
-    if failures:
-        return _reject(item.source, item.source_row, "schema", f"{where}: " + "; ".join(failures),
-                       item.record_id)  # fmt: skip
-    if config.dedup.exact and (earlier := deduper.first_seen(item)) is not None:
-        src, row, rid = earlier
-        detail = f"{where}: same conversation as {src}:{row} (record {rid[:12]})"
-        return _reject(item.source, item.source_row, "exact_duplicate", detail, item.record_id)
+    for check in checks:
+        detail = check(item)
+        if detail is not None:
+            where = f"{item.source}:{item.source_row}: {detail}"
+            return _reject(item.source, item.source_row, check.reason, where, item.record_id)
+    for check in checks:
+        check.accept(item)
     result.accepted.append(item)
     return Verdict(item.source, item.source_row, item.record_id, STAGE, "accepted")
 

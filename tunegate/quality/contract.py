@@ -1,6 +1,6 @@
 """The record contract: the properties every canonical conversation must have.
 
-Each check tests one property and reports every failure of a row, not just the first,
+Each property is checked and every failure of a row is reported, not just the first,
 so a data team fixes a row once.
 """
 
@@ -31,3 +31,16 @@ def contract_failures(record: Record) -> list[str]:
     if turns[-1][1] != "assistant":
         failures.append(f"messages[{turns[-1][0]}].role: last turn must be assistant")
     return failures
+
+
+class RecordContract:
+    """Rejects records that break the contract (`schema`), listing every failure."""
+
+    reason = "schema"
+
+    def __call__(self, record: Record) -> str | None:
+        failures = contract_failures(record)
+        return "; ".join(failures) if failures else None
+
+    def accept(self, record: Record) -> None:
+        pass

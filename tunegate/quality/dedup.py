@@ -1,7 +1,7 @@
 """Exact duplicate removal over the whole conversation.
 
-Deterministic: rows are seen in source order and the first occurrence is kept, so
-re-running on the same files rejects the same rows.
+Deterministic: rows are seen in source order and the first accepted occurrence is
+kept, so re-running on the same files rejects the same rows.
 """
 
 from __future__ import annotations
@@ -9,16 +9,19 @@ from __future__ import annotations
 from tunegate.records import Record, conversation_key
 
 
-class ExactDeduper:
-    """Remembers normalised conversations seen so far; memory is one hash per kept row."""
+class ExactDuplicates:
+    """Rejects a conversation equal (NFKC, case, whitespace) to an accepted one."""
+
+    reason = "exact_duplicate"
 
     def __init__(self) -> None:
-        self._first: dict[str, tuple[str, int, str]] = {}
+        # One hash per kept row: memory grows with accepted rows, not with input size.
+        self._first: dict[str, str] = {}
 
-    def first_seen(self, record: Record) -> tuple[str, int, str] | None:
-        """Where an earlier equal conversation stood (source, row, record id), or None."""
-        key = conversation_key(record.messages)
-        earlier = self._first.get(key)
-        if earlier is None:
-            self._first[key] = (record.source, record.source_row, record.record_id)
-        return earlier
+    def __call__(self, record: Record) -> str | None:
+        earlier = self._first.get(conversation_key(record.messages))
+        return None if earlier is None else f"same conversation as {earlier}"
+
+    def accept(self, record: Record) -> None:
+        where = f"{record.source}:{record.source_row} (record {record.record_id[:12]})"
+        self._first.setdefault(conversation_key(record.messages), where)
