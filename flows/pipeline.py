@@ -14,6 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
 from tunegate.config import PipelineConfig, load_config
 from tunegate.curate import CurationResult, curate
@@ -21,6 +22,8 @@ from tunegate.evaluate import EvalOutcome
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
 from tunegate.promote import Decision
+from tunegate.quality.report import stage_funnel_markdown
+from tunegate.quality.template import load_tokenizer
 from tunegate.reports import funnel_markdown, metrics_markdown, write_report
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
@@ -31,13 +34,18 @@ def _stage(lineage: Lineage, run_id: str, stage: str, started: datetime, **metri
 
 
 @task(cache_policy=NO_CACHE)
-def curate_data(config: PipelineConfig, lineage: Lineage, run_id: str) -> CurationResult:
-    """Ingest, check the record contract and drop exact duplicates; one verdict per row."""
+def curate_data(
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel
+) -> CurationResult:
+    """Ingest, contract, dedup, then the chat-template gate with the base tokenizer."""
     started = now()
-    result = curate(config, lineage, run_id)
+    result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path))
     _stage(lineage, run_id, "curate", started, rows=result.n_input, accepted=len(result.accepted))
-    create_markdown_artifact(funnel_markdown(result.n_input, result.reasons), key="curation-funnel",
-                             description="Rows in, accepted and rejected per reason")  # fmt: skip
+    create_markdown_artifact(
+        funnel_markdown(result.n_input, result.reasons) + "\n\n"
+        + stage_funnel_markdown(result.stats, result.report),
+        key="curation-funnel", description="Rows in, accepted and rejected per stage and reason",
+    )  # fmt: skip
     return result
 
 
@@ -102,14 +110,17 @@ def gate_adapter(
 
 @flow(name="tunegate-pipeline", log_prints=True)
 def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
-    """Curate → snapshot → QLoRA → eval base and adapter → gate → promote or refuse."""
+    """Base model → curate (template gate) → synthetic review → snapshot → QLoRA → eval → gate."""
     config = load_config(config_path)
     lineage = stages.open_lineage(config)
     run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json())
     try:
-        curation = curate_data(config, lineage, run_id)
+        base = load_base_model(config, lineage)  # first: curation renders rows with its template
+        curation = curate_data(config, lineage, run_id, base)
+        triage = triage_synthetic(config, lineage, run_id, curation, base)
+        why = wait_for_review(config, lineage, run_id)  # pauses while rows wait for a human
+        curation = close_review_queue(config, lineage, run_id, triage, base, why)
         snap = snapshot_data(config, lineage, run_id, curation)
-        base = load_base_model(config, lineage)
         adapter = train_qlora(config, lineage, run_id, base, snap)
         base_eval = evaluate_model(config, lineage, run_id, base, None)
         adapter_eval = evaluate_model(config, lineage, run_id, base, adapter)

@@ -54,3 +54,14 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     (tmp_path / "sub" / "p.yaml").write_text("data: {sources: [{path: d.jsonl}]}\n")
     cfg = load_config(tmp_path / "sub" / "p.yaml")
     assert cfg.resolve("d.jsonl") == (tmp_path / "sub" / "d.jsonl").resolve()
+
+
+def test_curation_settings_are_validated(tmp_path):
+    ok = parse_config({"data": {"sources": [{"path": "x", "fields": {"output": "response"}}]},
+                       "dedup": {"near_threshold": 0.9}, "contamination": {"eval_files": []}})
+    assert ok.data.sources[0].fields == {"output": "response"} and ok.dedup.near_threshold == 0.9
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"data": {"sources": [{"path": "x", "fields": {"answer": "response"}}]},
+                      "dedup": {"near_threshold": 1.5}, "contracts": {"batch_suit": None}})
+    locs = {loc.split(".answer")[0] for loc, _ in exc.value.problems}
+    assert {"data.sources.0.fields", "dedup.near_threshold", "contracts.batch_suit"} <= locs

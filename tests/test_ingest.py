@@ -63,3 +63,76 @@ def test_row_origin_overrides_source_origin(tmp_path):
          "origin": "synthetic"}])
     (rec,) = ingest_file(path, "auto", "human")
     assert rec.origin == "synthetic"
+
+
+# --- streaming, saved datasets, field mappings, line numbers and raw text ---------------------
+
+import tunegate.ingest as ingest_module  # noqa: E402
+from tunegate.ingest import read_rows, source_files  # noqa: E402
+
+
+def test_json_array_streams_in_small_chunks_and_skips_a_broken_element(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest_module, "_CHUNK", 7)  # force many refills mid-element
+    rows = [{"instruction": f"q{i}", "output": "a" * (i * 5)} for i in range(6)]
+    body = ",\n".join(json.dumps(r, indent=1) for r in rows[:3])
+    broken = '{"instruction": "bad", "output": tru}'
+    (tmp_path / "a.json").write_text(f"[\n{body},\n{broken},\n{json.dumps(rows[3])}, 7\n]\n")
+    out = list(read_rows(tmp_path / "a.json"))
+    assert [r.row for r in out] == [1, 2, 3, 4, 5, 6]
+    assert [r.data["instruction"] for r in out if r.data] == ["q0", "q1", "q2", "q3"]
+    bad = out[3]
+    assert bad.data is None and "not valid JSON" in bad.error and bad.raw == broken
+    assert out[3].line == body.count("\n") + 3 and "expected an object" in out[5].error
+
+
+def test_json_file_of_json_lines_and_unterminated_array(tmp_path):
+    (tmp_path / "l.json").write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "q"}\n')
+    items = list(ingest_file(tmp_path / "l.json", "auto", "human"))
+    assert isinstance(items[0], Record) and isinstance(items[1], Rejected)
+    assert items[1].detail.endswith("field 'completion': missing") and ":2" in items[1].detail
+    (tmp_path / "u.json").write_text('[{"prompt": "p", "completion": "c"}, {"prompt": "unter')
+    out = list(read_rows(tmp_path / "u.json"))
+    assert len(out) == 2 and out[1].data is None and out[1].raw.startswith('{"prompt": "unter')
+
+
+def test_field_mapping_reads_a_renamed_answer(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "full", "instruction": "Do it.", "input": "x", "response": "done"},
+        {"prompt": "full", "instruction": "Do it.", "input": "x"},
+    ])
+    items = list(ingest_file(path, "alpaca", "human", {"output": "response"}))
+    assert items[0].messages == (("user", "Do it.\n\nx"), ("assistant", "done"))
+    assert isinstance(items[1], Rejected) and items[1].field == "response"
+
+
+def test_saved_datasets_and_directories(tmp_path):
+    import datasets
+
+    rows = [{"messages": [{"role": "user", "content": f"u{i}"},
+                          {"role": "assistant", "content": f"a{i}"}]} for i in range(3)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
+                          "test": datasets.Dataset.from_list(rows[:1])}).save_to_disk(
+        str(tmp_path / "d" / "saved"))  # fmt: skip
+    write_jsonl(tmp_path / "d" / "more.jsonl", [{"prompt": "p", "completion": "c"}])
+    files = source_files(tmp_path / "d")
+    assert [f.name for f in files] == ["more.jsonl", "test", "train"]  # no state.json as data
+    items = list(ingest_file(files[2], "auto", "human"))
+    assert [i.messages[-1][1] for i in items] == ["a0", "a1", "a2"]
+    assert items[0].source.endswith("saved/train")
+
+
+def test_messages_with_top_level_system_and_csv_json_cells(tmp_path):
+    assert to_messages({"system": "s", "messages": [{"role": "user", "content": "u"},
+                        {"role": "assistant", "content": "a"}]}, "messages")[0] == ("system", "s")
+    (tmp_path / "m.csv").write_text(
+        'messages\n"[{""role"": ""user"", ""content"": ""u""}, '
+        '{""role"": ""assistant"", ""content"": ""a""}]"\nnot json\n')
+    items = list(ingest_file(tmp_path / "m.csv", "messages", "human"))
+    assert items[0].messages == (("user", "u"), ("assistant", "a"))
+    assert isinstance(items[1], Rejected) and "not JSON" in items[1].message
+
+
+def test_empty_turn_list_is_a_schema_error(tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", [{"messages": []}])
+    (rej,) = ingest_file(path, "auto", "human")
+    assert isinstance(rej, Rejected) and rej.message == "no turns"

@@ -1,7 +1,7 @@
 import duckdb
 import pytest
 
-from tunegate.lineage import Lineage, LineageError, Verdict
+from tunegate.lineage import SCHEMA_VERSION, Lineage, LineageError, Verdict
 
 
 def test_schema_is_versioned_and_a_newer_file_is_refused(tmp_path):
@@ -40,3 +40,24 @@ def test_adapter_lookup_by_prefix(tmp_path):
     assert lin.adapter("abc")["adapter_id"] == "abcdef"
     with pytest.raises(LineageError, match="no adapter"):
         lin.adapter("zzz")
+
+
+def test_an_older_lineage_file_is_migrated_in_place(tmp_path):
+    """A version-2 workspace (before verdict matches and raw rows) opens and keeps its rows."""
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    con.execute("CREATE TABLE row_verdicts (run_id VARCHAR, source VARCHAR, source_row BIGINT, "
+                "record_id VARCHAR, stage VARCHAR, status VARCHAR, reason VARCHAR, detail VARCHAR)")
+    con.execute("INSERT INTO row_verdicts VALUES ('r0', 'f', 1, NULL, 'curate', 'accepted', "
+                "NULL, NULL)")  # fmt: skip
+    con.close()
+    lin = Lineage(db)
+    lin.record_verdicts("r1", [Verdict("f", 1, None, "near_dedup", "rejected", "near_duplicate",
+                                       "d", duplicate_of="f:0", cluster_id="n-1", raw="{}")])
+    rows = lin.query("SELECT run_id, duplicate_of, cluster_id, raw FROM row_verdicts "
+                     "ORDER BY run_id")  # fmt: skip
+    assert rows == [{"run_id": "r0", "duplicate_of": None, "cluster_id": None, "raw": None},
+                    {"run_id": "r1", "duplicate_of": "f:0", "cluster_id": "n-1", "raw": "{}"}]
+    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION)

@@ -90,11 +90,16 @@ def curate(config: ConfigArg) -> None:
     from tunegate import stages
     from tunegate.curate import CurationError
     from tunegate.curate import curate as curate_rows
+    from tunegate.quality.template import load_tokenizer
+    from tunegate.review.stage import review_synthetic
 
     lineage = stages.open_lineage(cfg)
     run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
     try:
-        result = curate_rows(cfg, lineage, run_id)
+        base = stages.prepare_base_model(cfg, lineage)  # its tokenizer runs the template gate
+        result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
+        triage = review_synthetic(cfg, lineage, run_id, result, base.path)
+        result = triage.result
     except CurationError as exc:
         lineage.end_run(run_id, "failed", str(exc))
         err.print(f"[red]{exc}[/red]")
@@ -102,6 +107,15 @@ def curate(config: ConfigArg) -> None:
     lineage.end_run(run_id, "completed")
     rows = [{"verdict": k, "rows": n} for k, n in sorted(result.reasons.items(), key=lambda kv: -kv[1])]
     console.print(_table(f"curation {run_id}: {result.n_input} rows", rows))
+    from tunegate.quality.report import STAGE_HEADER, stage_rows
+
+    console.print(_table("funnel per stage", [dict(zip(STAGE_HEADER, r, strict=True))
+                                              for r in stage_rows(result.stats)]))  # fmt: skip
+    if result.report is not None:
+        console.print(f"quality report: {result.report}")
+    if triage.queued:
+        console.print(f"{len(triage.queued)} row(s) wait for review (`review_pending` until "
+                      f"accepted): tunegate review serve --run {run_id}")  # fmt: skip
 
 
 @app.command()
@@ -109,7 +123,10 @@ def verdicts(
     workspace: WorkspaceOpt = Path(".tunegate"),
     run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: latest).")] = None,
     reason: Annotated[str | None, typer.Option(help="Only this reason code.")] = None,
-    export: Annotated[Path | None, typer.Option(help="Write rejected rows as JSONL.")] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Write rejected rows as JSONL: reason, detail, the raw row to fix."),
+    ] = None,
     limit: int = 50,
 ) -> None:
     """List row verdicts of a run, or export the rejected rows for fixing."""
@@ -123,7 +140,8 @@ def verdicts(
             raise typer.Exit(1)
         run_id = latest[0]["run_id"]
     sql = (
-        "SELECT v.source, v.source_row, v.status, v.reason, v.detail, r.messages_json "
+        "SELECT v.source, v.source_row, v.status, v.reason, v.detail, v.stage, v.duplicate_of, "
+        "v.cluster_id, v.eval_item, v.raw, r.messages_json "
         "FROM row_verdicts v LEFT JOIN records r USING (record_id) WHERE v.run_id = ?"
     )
     params: list[Any] = [run_id]
@@ -139,8 +157,9 @@ def verdicts(
         console.print(f"wrote {len(rows)} rejected rows to {export}")
         return
     rows = lineage.query(sql + " ORDER BY v.source, v.source_row LIMIT ?", [*params, limit])
-    for r in rows:
-        r.pop("messages_json")
+    for r in rows:  # the detail names the match; the rest is for --export
+        for col in ("messages_json", "stage", "duplicate_of", "cluster_id", "eval_item", "raw"):
+            r.pop(col)
     console.print(_table(f"verdicts of {run_id}", rows))
 
 
@@ -178,6 +197,111 @@ def lineage_cmd(
     console.print(_table("eval results", chain["evals"]))
     console.print(_table("gates", chain["gates"]))
     console.print(_table("promotions", chain["promotions"]))
+
+
+@app.command("inspect")
+def inspect_cmd(
+    row_id: Annotated[str, typer.Argument(help="Record id (a unique prefix is enough).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML.")] = Path(
+        "pipeline.yaml"
+    ),
+    workspace: Annotated[
+        Path | None, typer.Option("--workspace", "-w", help="Default: the config's.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the config's base model).")
+    ] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="Print each token's id too.")] = False,
+) -> None:
+    """Show a row as the trainer sees it: trained tokens in green, token and label counts."""
+    from tunegate.lineage import LineageError
+    from tunegate.models import resolve_base_model
+    from tunegate.quality.template import inspect_row, load_tokenizer
+
+    cfg = _config(config)
+    try:
+        record = _lineage(workspace or cfg.workspace_dir).record(row_id)
+    except LineageError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
+    shown = inspect_row(load_tokenizer(model_dir), json.loads(record["messages_json"]), ids)
+    console.rule(f"record {record['record_id'][:16]} ({record['origin']})")
+    console.print(shown.text, highlight=False, markup=False)
+    console.rule()
+    limit = cfg.train.max_seq_length
+    too_long = ", TOO LONG" if shown.n_tokens > limit else ""
+    context = shown.n_tokens - shown.n_trained
+    console.print(f"tokens {shown.n_tokens} (train.max_seq_length {limit}{too_long}) · "
+                  f"trained labels {shown.n_trained} · context only {context}")  # fmt: skip
+    for turn in shown.turns:
+        stop = "stop token trained" if turn.eos_trained else "[red]stop token NOT trained[/red]"
+        console.print(f"  message {turn.message}: tokens {turn.start}-{turn.stop}, "
+                      f"{turn.trained} answer tokens trained, {stop}")  # fmt: skip
+    if shown.error:
+        err.print(f"[red]the trainer cannot use this row:[/red] {shown.error}")
+        raise typer.Exit(1)
+
+
+review_app = typer.Typer(no_args_is_help=True, help="Human review of synthetic rows.")
+app.add_typer(review_app, name="review")
+RunOpt = Annotated[str | None, typer.Option("--run", help="Only this run's queue.")]
+
+
+@review_app.command("serve")
+def review_serve(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    run_id: RunOpt = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+) -> None:
+    """A local web page listing pending rows with accept / reject / edit."""
+    from tunegate.review.web import serve
+
+    lineage = _lineage(workspace)
+    console.print(f"review page at http://{host}:{port}/ (Ctrl-C stops)")
+    serve(lineage, run_id, host, port)
+
+
+@review_app.command("export")
+def review_export(
+    out: Annotated[Path, typer.Argument(help="Output .csv or .jsonl.")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    run_id: RunOpt = None,
+) -> None:
+    """Write pending rows to CSV/JSONL; fill decision, reviewer (and answer to edit)."""
+    from tunegate.review.exchange import export_queue
+    from tunegate.review.stage import ReviewError
+
+    try:
+        n = export_queue(_lineage(workspace), out, run_id)
+    except ReviewError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {n} pending row(s) to {out}")
+
+
+@review_app.command("import")
+def review_import(
+    path: Annotated[Path, typer.Argument(help="A filled-in export (.csv or .jsonl).")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    reviewer: Annotated[str | None, typer.Option(help="For rows that name no reviewer.")] = None,
+) -> None:
+    """Apply the decisions of a filled-in export."""
+    from tunegate.review.exchange import import_decisions
+    from tunegate.review.stage import ReviewError
+
+    try:
+        summary = import_decisions(_lineage(workspace), path, reviewer)
+    except ReviewError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"applied {summary.applied}, kept for later runs {summary.kept}, "
+                  f"without decision {summary.blank}, errors {len(summary.errors)}")  # fmt: skip
+    for line in summary.errors:
+        err.print(f"[red]{line}[/red]")
+    if summary.errors:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -23,6 +31,12 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+RowField = Literal[
+    "instruction", "input", "output", "system", "history", "prompt", "completion",
+    "messages", "role", "content", "conversations", "from", "value",
+]  # fmt: skip
+
+
 class SourceConfig(Section):
     path: str = Field(description="File or directory of raw rows, relative to the config file.")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
@@ -30,6 +44,11 @@ class SourceConfig(Section):
     )
     origin: Literal["human", "synthetic"] = Field(
         "human", description="Where the rows come from; a row's own `origin` field overrides it."
+    )
+    fields: dict[RowField, str] = Field(
+        default_factory=dict,
+        description="Canonical key -> this source's key, e.g. `{output: response}` for rows "
+        "that keep the answer under `response` (self-instruct predictions).",
     )
 
 
@@ -42,6 +61,221 @@ class DataConfig(Section):
 
 class DedupConfig(Section):
     exact: bool = Field(True, description="Reject exact duplicates (normalised text).")
+    near: bool = Field(
+        True, description="Reject near-duplicates: MinHash LSH candidates, exact Jaccard decides."
+    )
+    near_threshold: float = Field(
+        0.8, gt=0.0, le=1.0,
+        description="Word-shingle Jaccard of two whole conversations at or above which the "
+        "later one is a near-duplicate.",
+    )  # fmt: skip
+    num_perm: int = Field(
+        128, ge=8, le=1024,
+        description="MinHash permutations; LSH bands x rows are derived from it and the threshold.",
+    )  # fmt: skip
+    shingle_size: int = Field(
+        3, ge=1, le=16, description="Words per shingle (inside one message; shorter messages: one)."
+    )
+    duplicate_response: bool = Field(
+        True, description="Reject a long answer a kept row already gave to a different prompt."
+    )
+    response_min_words: int = Field(
+        8, ge=1,
+        description="Answers shorter than this are never duplicate responses (`Yes` answers many).",
+    )  # fmt: skip
+
+
+class ContaminationConfig(Section):
+    """Training rows must not overlap any eval set (held-out task and general suite)."""
+
+    enabled: bool = Field(True, description="Reject rows that overlap an eval item.")
+    eval_files: list[str] = Field(
+        ["evals/data"],
+        description="Eval files or directories (all their data files) to decontaminate against; "
+        "`eval.heldout_path` is always included. Missing paths are skipped and reported.",
+    )
+    ngram: int = Field(
+        13, ge=4, le=64, description="Shared word n-gram that marks overlap (13 as in GPT-3)."
+    )
+    min_words: int = Field(
+        8, ge=1,
+        description="Eval texts of min_words..ngram-1 words match when contained whole; shorter "
+        "ones (labels, yes/no) never do.",
+    )  # fmt: skip
+    near_threshold: float = Field(
+        0.7, gt=0.0, le=1.0,
+        description="A row holding this share of an eval item's word shingles is a near copy "
+        "(edits every dozen words break every 13-gram but keep ~80% of 3-shingles).",
+    )
+    shingle_size: int = Field(3, ge=1, le=16, description="Words per shingle for near copies.")
+    fields: list[str] | None = Field(
+        None, description="Eval item fields to compare (default: every string field but the id)."
+    )
+    id_field: str = Field("id", description="Eval item field that names it in verdicts.")
+
+
+class ContractsConfig(Section):
+    """Declarative data contracts in `schemas/`, editable without Python."""
+
+    record_schema: str = Field(
+        "schemas/record_contract.yaml",
+        description="pandera YAML schema every record must pass (relative to the config file; "
+        "when absent there, to the tunegate checkout).",
+    )
+    batch_suite: str | None = Field(
+        "schemas/curated_batch.json",
+        description="Great Expectations suite over the curated batch; a failure blocks the run. "
+        "null skips it.",
+    )
+
+
+class TemplateConfig(Section):
+    """Chat-template gate: every row rendered and tokenized as the trainer will see it."""
+
+    enabled: bool = Field(
+        True, description="Check rows with the base model's tokenizer and chat template."
+    )
+    min_trained_tokens: int = Field(
+        1, ge=1,
+        description="Each assistant turn must train at least this many answer tokens "
+        "(its end-of-turn token not counted).",
+    )  # fmt: skip
+    max_rejected_share: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Template rejections above this share of the rows checked block the run: "
+        "a wrong template or tokenizer, not bad rows.",
+    )  # fmt: skip
+
+
+REPETITION_TOP_NGRAMS = {2: 0.20, 3: 0.18, 4: 0.16}  # Gopher (Rae et al. 2021), table A1
+REPETITION_DUP_NGRAMS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+SyntheticFlag = Literal[
+    "refusal", "boilerplate", "repetition", "empty_answer", "too_short", "length_ratio",
+    "repeated_answer", "non_alpha", "near_copy", "perplexity",
+]  # fmt: skip
+
+
+class SyntheticConfig(Section):
+    """Automatic review of `origin: synthetic` rows: scores, thresholds, and what a flag does."""
+
+    enabled: bool = Field(True, description="Score synthetic rows after the row checks.")
+    reject_on: list[SyntheticFlag] = Field(
+        ["refusal", "repetition", "empty_answer", "near_copy"],
+        description="Flags that reject a row outright (`synthetic_rejected`).",
+    )
+    review_on: list[SyntheticFlag] = Field(
+        ["boilerplate", "too_short", "length_ratio", "repeated_answer", "non_alpha", "perplexity"],
+        description="Flags that send a row to human review (unless a reject flag is also set).",
+    )
+    refusal_patterns: list[str] = Field(
+        [r"\bi(?:'m| am) sorry,? but\b",
+         r"\bas an ai(?: language model| assistant)?,? i "
+         r"(?:cannot|can't|can not|am not|do not|don't)",
+         r"\bi (?:cannot|can't|can not|am unable to|'m unable to|am not able to|won't be able to|"
+         r"must decline to) (?:help(?! but)|assist|provide|fulfill?|comply|access|classify|"
+         r"answer|complete|do that|generate|create|write)\b"],
+        description="Case-insensitive regular expressions that mark an answer as a refusal.",
+    )  # fmt: skip
+    boilerplate_phrases: list[str] = Field(
+        ["as an ai", "as a language model", "as an assistant, i", "i hope this helps",
+         "i don't have personal", "i do not have personal", "my knowledge cutoff",
+         "openai", "chatgpt", "feel free to ask", "let me know if you have any other"],
+        description="Case-insensitive phrases of AI boilerplate in an answer.",
+    )  # fmt: skip
+    min_answer_chars: int = Field(
+        2, ge=0, description="Answers with fewer non-space characters are `too_short`."
+    )
+    placeholder_answers: list[str] = Field(
+        ["n/a", "na", "none", "null", "...", "-", "todo", "tbd", "<nooutput>", "<noinput>"],
+        description="Whole answers (case-insensitive) that say nothing: `empty_answer`.",
+    )
+    repeated_answer_min_words: int = Field(
+        8, ge=1,
+        description="The same answer of at least this many words in several synthetic rows "
+        "(different prompts, one answer: a collapsed generator) sets `repeated_answer`.",
+    )  # fmt: skip
+    repetition_min_words: int = Field(
+        50, ge=1,
+        description="Repetition and `non_alpha` rules apply to answers of at least this many "
+        "words (Gopher's document minimum; shorter texts are too noisy).",
+    )  # fmt: skip
+    min_alpha_word_fraction: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="Share of answer words holding a letter below this sets `non_alpha` "
+        "(token garbage, symbol soup; Gopher uses 0.8 on web text, too strict for lists).",
+    )  # fmt: skip
+    max_duplicate_line_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of lines that repeat an earlier line (Gopher)."
+    )
+    max_top_ngram_char_fraction: dict[int, float] = Field(
+        REPETITION_TOP_NGRAMS,
+        description="n → largest share of characters covered by the most frequent word n-gram.",
+    )
+    max_duplicate_ngram_char_fraction: dict[int, float] = Field(
+        REPETITION_DUP_NGRAMS,
+        description="n → largest share of characters inside repeated word n-grams.",
+    )
+    length_ratio_range: tuple[float, float] = Field(
+        (0.01, 100.0),
+        description="Answer words / prompt words outside [low, high] sets `length_ratio`.",
+    )
+    near_copy_threshold: float = Field(
+        0.8, ge=0.0, le=1.0,
+        description="Word 3-gram Jaccard with a human row at or above this sets `near_copy`.",
+    )  # fmt: skip
+    perplexity: bool = Field(
+        False, description="Score answers by perplexity under the base model (CPU, batched)."
+    )
+    max_perplexity: float = Field(
+        200.0, gt=1.0, description="Answer perplexity above this sets `perplexity`."
+    )
+    perplexity_batch_size: int = Field(8, ge=1, description="Rows per perplexity batch.")
+    perplexity_max_tokens: int = Field(
+        512, ge=16, description="Score at most this many tokens of a row (bounds CPU time)."
+    )
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return v
+
+    @field_validator("length_ratio_range")
+    @classmethod
+    def _low_le_high(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] <= v[1]:
+            raise ValueError("expected [low, high] with 0 <= low <= high")
+        return v
+
+
+class ReviewConfig(Section):
+    """Human review of synthetic rows flagged for it; the queue lives in the lineage DB."""
+
+    wait: bool = Field(
+        False,
+        description="Pause the pipeline flow while rows are pending (resume in the Prefect UI, "
+        "or automatically once every row is decided). Off: the run goes on unattended and "
+        "pending rows stay rejected as `review_pending`.",
+    )
+    timeout_s: int = Field(3600, ge=1, description="Longest pause in seconds.")
+    on_timeout: Literal["reject_pending", "fail"] = Field(
+        "reject_pending",
+        description="Rows still pending when the pause ends: leave them rejected "
+        "(`review_pending`) and train without them, or fail the run.",
+    )
+    poll_interval_s: int = Field(
+        10, ge=1, description="Seconds between checks for a resume or a finished queue."
+    )
+    auto_resume: bool = Field(
+        True, description="Resume the paused flow by itself once no row is pending."
+    )
+    reuse_decisions: bool = Field(
+        True, description="A row a reviewer decided before (same record id) gets that decision."
+    )
 
 
 class ModelConfig(Section):
@@ -104,6 +338,11 @@ class PipelineConfig(Section):
     )
     data: DataConfig
     dedup: DedupConfig = DedupConfig()
+    contamination: ContaminationConfig = ContaminationConfig()
+    contracts: ContractsConfig = ContractsConfig()
+    template: TemplateConfig = TemplateConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    review: ReviewConfig = ReviewConfig()
     model: ModelConfig = ModelConfig()
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()

@@ -1,23 +1,38 @@
 """Curation: every input row ends as accepted or rejected with a reason code.
 
-ingest → record contract → exact dedup. Conservation is checked before anything is
-returned: input rows = accepted + rejected, or the run fails loudly.
+ingest → record contract (pandera, `schemas/`) → exact dedup → duplicate answers →
+contamination → near dedup → row checks (chat template, ...) → batch expectations (Great
+Expectations, `schemas/`) → quality report. Rows stream through in batches
+(`tunegate.quality.funnel`): verdicts go to the lineage database batch by batch and
+accepted records to a spool file the snapshot reads, so memory stays bounded whatever the
+input size. Conservation is checked before anything is returned: input rows = accepted +
+rejected, or the run fails loudly.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from tqdm import tqdm
+from pathlib import Path
+from typing import Any
 
 from tunegate.config import PipelineConfig
 from tunegate.ingest import Rejected, file_sha256, ingest_file, source_files
 from tunegate.lineage import Lineage, Verdict
-from tunegate.quality.checks import RowCheck
-from tunegate.quality.contract import RecordContract
-from tunegate.quality.dedup import ExactDuplicates
+from tunegate.quality.checks import BatchCheck, RowCheck
+from tunegate.quality.contamination import Contamination, EvalIndex
+from tunegate.quality.contract import REPO_ROOT, RecordContract
+from tunegate.quality.dedup import DuplicateResponses, ExactDuplicates
+from tunegate.quality.expectations import SuiteResult, curated_frame, validate_batch
+from tunegate.quality.funnel import AcceptedRecords, Funnel, FunnelStats, RunVerdicts
+from tunegate.quality.near_dup import NearDuplicates
+from tunegate.quality.report import write_quality_report
+from tunegate.quality.template import TemplateGateError, template_checks, template_gate
 from tunegate.records import Record
 
 STAGE = "curate"
+log = logging.getLogger(__name__)
 
 
 class CurationError(RuntimeError):
@@ -26,9 +41,20 @@ class CurationError(RuntimeError):
 
 @dataclass
 class CurationResult:
-    accepted: list[Record]
-    verdicts: list[Verdict]
+    """Accepted records (a list, or a spool file in a recorded run) and the funnel's numbers.
+
+    `verdicts` holds every verdict only for `curate_records` (tests, small inputs); a
+    recorded run streams them to the lineage database instead (`tunegate verdicts`).
+    """
+
+    accepted: Sequence[Record]
+    verdicts: Sequence[Verdict]
     files: list[dict[str, object]] = field(default_factory=list)
+    # The template gate's numbers: rows checked, rejected, share.
+    template: dict[str, float] = field(default_factory=dict)
+    stats: FunnelStats = field(default_factory=FunnelStats)
+    suite: SuiteResult | None = None  # batch expectations (Great Expectations)
+    report: Path | None = None  # reports/<run id>/quality.html
 
     @property
     def n_input(self) -> int:
@@ -36,6 +62,9 @@ class CurationResult:
 
     @property
     def reasons(self) -> dict[str, int]:
+        """Rows per reason code, plus `accepted` (as recorded now, reviews included)."""
+        if isinstance(self.verdicts, RunVerdicts):
+            return self.verdicts.counts()
         counts: dict[str, int] = {}
         for v in self.verdicts:
             key = v.reason or v.status
@@ -43,67 +72,186 @@ class CurationResult:
         return counts
 
 
-def _reject(source: str, row: int, reason: str, detail: str, record_id: str | None = None) -> Verdict:
-    return Verdict(source, row, record_id, STAGE, "rejected", reason, detail)
-
-
-def build_checks(config: PipelineConfig) -> list[RowCheck]:
-    """The row checks of a config, cheap to costly."""
-    checks: list[RowCheck] = [RecordContract()]
-    if config.dedup.exact:
-        checks.append(ExactDuplicates())
+def build_checks(config: PipelineConfig, tokenizer: Any = None) -> list[RowCheck]:
+    """Row checks run after the batch stages; template checks need the base tokenizer."""
+    checks: list[RowCheck] = []
+    if tokenizer is not None and config.template.enabled:
+        checks.extend(template_checks(config, tokenizer))
     return checks
 
 
-def curate_records(config: PipelineConfig, checks: list[RowCheck] | None = None) -> CurationResult:
-    """Run every source through the checks; pure (no lineage writes) so it is easy to test."""
-    checks = build_checks(config) if checks is None else checks
-    result = CurationResult(accepted=[], verdicts=[])
+def shipped_path(config: PipelineConfig, path: str) -> Path:
+    """A path from the config; when nothing is there, the same path in the tunegate checkout
+    (so a config anywhere uses the shipped `schemas/` unless it brings its own)."""
+    p = config.resolve(path)
+    return p if p.exists() or Path(path).is_absolute() else REPO_ROOT / path
+
+
+def eval_index(config: PipelineConfig) -> EvalIndex:
+    """Every eval set to decontaminate against: the held-out set plus `eval_files`."""
+    c = config.contamination
+    names = list(dict.fromkeys([config.eval.heldout_path, *c.eval_files]))
+    return EvalIndex.from_files(
+        [config.resolve(p) for p in names], ngram=c.ngram, min_words=c.min_words,
+        shingle_size=c.shingle_size, near_threshold=c.near_threshold, fields=c.fields,
+        id_field=c.id_field, names=names,
+    )  # fmt: skip
+
+
+def build_stages(config: PipelineConfig, spool_dir: Path | None = None) -> list[BatchCheck]:
+    """Curation's batch stages in funnel order, cheap to costly."""
+    contract = RecordContract(shipped_path(config, config.contracts.record_schema))
+    stages: list[BatchCheck] = [contract]
+    if config.dedup.exact:
+        stages.append(ExactDuplicates())
+    if config.dedup.duplicate_response:  # before near-dup: one long answer, one cluster
+        stages.append(DuplicateResponses(config.dedup.response_min_words))
+    if config.contamination.enabled:
+        stages.append(Contamination(eval_index(config)))
+    if config.dedup.near:
+        d = config.dedup
+        stages.append(NearDuplicates(d.near_threshold, d.num_perm, d.shingle_size, spool_dir))
+    return stages
+
+
+def _close(stages: Sequence[object]) -> None:
+    for stage in stages:
+        close = getattr(stage, "close", None)
+        if close is not None:
+            close()
+
+
+def _rows(config: PipelineConfig, files: list[dict[str, object]]) -> Iterator[Record | Rejected]:
+    """Every row of every source file in order; a file's entry is added once it is read."""
     for src in config.data.sources:
         for path in source_files(config.resolve(src.path)):
             n_rows = 0
-            for item in tqdm(ingest_file(path, src.format, src.origin), desc=path.name, unit=" rows",
-                             leave=False):  # fmt: skip
+            for item in ingest_file(path, src.format, src.origin, src.fields):
                 n_rows += 1
-                result.verdicts.append(_judge(item, checks, result))
-            result.files.append(
-                {"path": str(path), "sha256": file_sha256(path), "format": src.format,
-                 "origin": src.origin, "rows": n_rows}  # fmt: skip
-            )
+                yield item
+            sha = file_sha256(path)
+            entry = {"path": str(path), "sha256": sha, "format": src.format, "origin": src.origin}
+            files.append({**entry, "rows": n_rows})
+
+
+def curate_records(
+    config: PipelineConfig,
+    checks: list[RowCheck] | None = None,
+    stages: list[BatchCheck] | None = None,
+) -> CurationResult:
+    """Run every source through the funnel in memory; pure (no lineage writes), for tests."""
+    stages = build_stages(config) if stages is None else stages
+    funnel = Funnel(stages, build_checks(config) if checks is None else checks)
+    accepted: list[Record] = []
+    verdicts: list[Verdict] = []
+    result = CurationResult(accepted=accepted, verdicts=verdicts, stats=funnel.stats)
+    try:
+        for batch in funnel.run(_rows(config, result.files)):
+            verdicts.extend(batch.verdicts)
+            accepted.extend(batch.accepted)
+    finally:
+        _close(stages)
     return result
 
 
-def _judge(item: Record | Rejected, checks: list[RowCheck], result: CurationResult) -> Verdict:
-    """The first failing check decides; a row passing all of them is accepted."""
-    if isinstance(item, Rejected):
-        return _reject(item.source, item.row, "schema", item.detail)
-    for check in checks:
-        detail = check(item)
-        if detail is not None:
-            where = f"{item.source}:{item.source_row}: {detail}"
-            return _reject(item.source, item.source_row, check.reason, where, item.record_id)
-    for check in checks:
-        check.accept(item)
-    result.accepted.append(item)
-    return Verdict(item.source, item.source_row, item.record_id, STAGE, "accepted")
+def curate(
+    config: PipelineConfig,
+    lineage: Lineage,
+    run_id: str,
+    *,
+    tokenizer: Any = None,
+    checks: list[RowCheck] | None = None,
+) -> CurationResult:
+    """Curate and record sources, records and one verdict per input row; write the report.
 
+    With the base model's `tokenizer`, rows also pass the chat-template gate; `checks`
+    replaces the row checks that follow the batch stages. Verdicts are written batch by
+    batch and accepted records spooled to `<workspace>/curation/<run id>/accepted.jsonl`.
+    """
+    checks = build_checks(config, tokenizer) if checks is None else checks
+    work = config.workspace_dir / "curation" / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    stages = build_stages(config, work)
+    funnel = Funnel(stages, checks)
+    accepted_records = AcceptedRecords(work / "accepted.jsonl")
+    result = CurationResult(accepted=accepted_records, verdicts=[], stats=funnel.stats)
+    pending: list[Verdict] = []
+    parsed: dict[str, tuple[str, str, str]] = {}
 
-def curate(config: PipelineConfig, lineage: Lineage, run_id: str) -> CurationResult:
-    """Curate and record sources, records and one verdict per input row."""
-    result = curate_records(config)
-    accepted = sum(v.status == "accepted" for v in result.verdicts)
-    rejected = sum(v.status == "rejected" for v in result.verdicts)
+    def flush() -> None:
+        lineage.record_verdicts(run_id, pending)
+        lineage.record_records(parsed.values())
+        pending.clear()
+        parsed.clear()
+
+    try:
+        for batch in funnel.run(_rows(config, result.files)):
+            pending.extend(batch.verdicts)
+            for r in batch.accepted:  # rejected rows keep their raw text in row_verdicts
+                parsed.setdefault(r.record_id, (r.record_id, r.messages_json(), r.origin))
+            accepted_records.extend(batch.accepted)
+            if len(pending) >= 16384:
+                flush()
+        flush()
+    finally:
+        accepted_records.close()
+        _close(stages)
+    stats = funnel.stats
+    accepted = stats.counts.get("accepted", 0)
     total = sum(int(f["rows"]) for f in result.files)  # type: ignore[call-overload]
-    if accepted + rejected != total:
-        raise CurationError(f"conservation broken: {total} rows in, {accepted} + {rejected} out")
+    recorded = sum(lineage.verdict_counts(run_id).values())
+    if not total == stats.n_input == recorded or len(accepted_records) != accepted:
+        raise CurationError(f"conservation broken: {total} rows in, {stats.n_input} judged, "
+                            f"{recorded} verdicts recorded, {accepted} accepted")  # fmt: skip
     for f in result.files:
         lineage.record_source(run_id, str(f["path"]), str(f["sha256"]), str(f["format"]),
                               str(f["origin"]), int(f["rows"]))  # type: ignore[call-overload]  # fmt: skip
-    lineage.record_records((r.record_id, r.messages_json(), r.origin) for r in result.accepted)
-    lineage.record_verdicts(run_id, result.verdicts)
+    result.verdicts = RunVerdicts(lineage, run_id, [str(f["path"]) for f in result.files], total)
+    log.info("curated %d rows: %s", total, dict(stats.counts))
+    reports = config.resolve("reports") / run_id
+    if config.contracts.batch_suite is not None:
+        result.suite = validate_batch(
+            curated_frame(stats), shipped_path(config, config.contracts.batch_suite),
+            reports / "gx", {"min_accepted_rows": config.data.min_accepted_rows},
+        )  # fmt: skip
+    result.report = write_quality_report(reports / "quality.html", run_id, lineage, stats,
+                                         result.suite, _report_notes(config, stages))  # fmt: skip
+    try:
+        result.template = template_gate(checks, funnel.row_check_verdicts, config.template)
+    except TemplateGateError as exc:
+        raise CurationError(f"{exc}; see `tunegate verdicts --run {run_id}`") from None
+    if result.suite is not None and not result.suite.success:
+        failed = "\n".join(f"  - {o.describe()}" for o in result.suite.failures)
+        raise CurationError(
+            f"batch expectations failed ({result.suite.path}):\n{failed}\n"
+            f"see {result.suite.docs or result.report}"
+        )
     if accepted < config.data.min_accepted_rows:
         raise CurationError(
             f"only {accepted} of {total} rows accepted (data.min_accepted_rows = "
-            f"{config.data.min_accepted_rows}); see `tunegate verdicts --run {run_id}`"
+            f"{config.data.min_accepted_rows}); see `tunegate verdicts --run {run_id}` and "
+            f"{result.report}"
         )
     return result
+
+
+def _report_notes(config: PipelineConfig, stages: Sequence[object]) -> dict[str, str]:
+    """Settings a reader needs to interpret the report (what was compared, how)."""
+    notes = {"record contract": str(shipped_path(config, config.contracts.record_schema))}
+    for stage in stages:
+        if isinstance(stage, NearDuplicates):
+            p = stage.params
+            notes["near-duplicates"] = (
+                f"word {stage.shingle_size}-shingles, Jaccard >= {stage.threshold}, MinHash "
+                f"{stage.hasher.num_perm} permutations, LSH {p.bands} bands x {p.rows} rows, "
+                f"{stage.n_candidates} candidate pairs checked exactly"
+            )
+        if isinstance(stage, Contamination):
+            idx = stage.index
+            missing = f"; not found: {', '.join(idx.missing)}" if idx.missing else ""
+            notes["eval sets"] = (
+                f"{len(idx)} items from {', '.join(idx.files) or 'no file'}{missing} "
+                f"({idx.ngram}-grams, near copies at {idx.near_threshold:.0%} of "
+                f"{idx.shingle_size}-shingles)"
+            )
+    return notes

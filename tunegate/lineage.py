@@ -7,8 +7,10 @@ is one transaction; the schema is versioned so an old workspace is refused, not 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,17 +22,24 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows
 
 REASON_CODES: dict[str, str] = {
     "schema": "row does not parse or breaks the record contract (file, line, field in detail)",
     "exact_duplicate": "same conversation as an earlier row after normalisation",
+    "duplicate_response": "same answer (>= dedup.response_min_words words) as an earlier row "
+    "with a different prompt",
     "near_duplicate": "MinHash Jaccard above the threshold with an earlier row",
     "contamination": "overlaps an eval item (13-gram or near-duplicate)",
     "template": "chat template fails, or content holds control tokens",
     "too_long": "rendered row exceeds max_seq_length (never truncated)",
     "synthetic_rejected": "synthetic row failed the automatic review heuristics",
     "review_rejected": "a human reviewer rejected the row",
+    "review_pending": "flagged for human review, not (yet) accepted by a reviewer: not trained on",
+    "double_bos": "rendered row starts with more than one BOS token",
+    "template_parity": "generation prompt is not a token prefix of the training rendering",
+    "stop_untrained": "an assistant turn's end-of-turn/EOS token is not a trained label",
+    "loss_mask": "an assistant turn trains fewer than template.min_trained_tokens tokens",
 }
 
 _DDL = """
@@ -47,7 +56,8 @@ CREATE TABLE IF NOT EXISTS records (
   record_id VARCHAR PRIMARY KEY, messages_json VARCHAR, origin VARCHAR);
 CREATE TABLE IF NOT EXISTS row_verdicts (
   run_id VARCHAR, source VARCHAR, source_row BIGINT, record_id VARCHAR, stage VARCHAR,
-  status VARCHAR, reason VARCHAR, detail VARCHAR);
+  status VARCHAR, reason VARCHAR, detail VARCHAR,
+  duplicate_of VARCHAR, cluster_id VARCHAR, eval_item VARCHAR, raw VARCHAR);
 CREATE TABLE IF NOT EXISTS snapshots (
   snapshot_id VARCHAR PRIMARY KEY, run_id VARCHAR, n_records BIGINT, path VARCHAR,
   created_at TIMESTAMP);
@@ -79,7 +89,34 @@ CREATE TABLE IF NOT EXISTS promotions (
   reason VARCHAR, actor VARCHAR, run_id VARCHAR, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS aliases (
   alias VARCHAR PRIMARY KEY, adapter_id VARCHAR, updated_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS synthetic_scores (
+  run_id VARCHAR, source VARCHAR, source_row BIGINT, record_id VARCHAR, outcome VARCHAR,
+  flags VARCHAR, scores_json VARCHAR);
+CREATE TABLE IF NOT EXISTS review_queue (
+  item_id VARCHAR PRIMARY KEY, run_id VARCHAR, source VARCHAR, source_row BIGINT,
+  record_id VARCHAR, flags VARCHAR, scores_json VARCHAR, status VARCHAR, queued_at TIMESTAMP,
+  decided_at TIMESTAMP, reviewer VARCHAR, final_record_id VARCHAR, note VARCHAR);
+CREATE TABLE IF NOT EXISTS review_decisions (
+  decision_id VARCHAR PRIMARY KEY, item_id VARCHAR, run_id VARCHAR, record_id VARCHAR,
+  decision VARCHAR, edited_record_id VARCHAR, reviewer VARCHAR, note VARCHAR,
+  decided_at TIMESTAMP);
 """
+
+# SQL that takes a lineage file from version N to N + 1 (tables new in N + 1 come from _DDL).
+_MIGRATIONS: dict[int, str] = {
+    2: "ALTER TABLE row_verdicts ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR; "
+    "ALTER TABLE row_verdicts ADD COLUMN IF NOT EXISTS cluster_id VARCHAR; "
+    "ALTER TABLE row_verdicts ADD COLUMN IF NOT EXISTS eval_item VARCHAR; "
+    "ALTER TABLE row_verdicts ADD COLUMN IF NOT EXISTS raw VARCHAR;",
+}
+_MIGRATIONS[1] = _MIGRATIONS[2]  # 1 -> 2 only added tables; adding the columns twice is a no-op
+
+_VERDICT_COLUMNS: dict[str, pa.DataType] = {
+    "run_id": pa.string(), "source": pa.string(), "source_row": pa.int64(),
+    "record_id": pa.string(), "stage": pa.string(), "status": pa.string(),
+    "reason": pa.string(), "detail": pa.string(), "duplicate_of": pa.string(),
+    "cluster_id": pa.string(), "eval_item": pa.string(), "raw": pa.string(),
+}  # fmt: skip
 
 
 class LineageError(RuntimeError):
@@ -97,6 +134,30 @@ class Verdict:
     status: str  # accepted | rejected
     reason: str | None = None
     detail: str | None = None
+    duplicate_of: str | None = None  # `source:row` of the kept row this one duplicates
+    cluster_id: str | None = None  # shared by all rows of one duplicate cluster
+    eval_item: str | None = None  # the eval item a contaminated row overlaps
+    raw: str | None = None  # the row as written in its file (kept for rejected rows)
+
+
+# A synthetic row's scores: (source, row, record id, outcome, flags, scores).
+ScoreRow = tuple[str, int, str, str, Sequence[str], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A synthetic row waiting for a human: where it came from, its scores and flags."""
+
+    source: str
+    source_row: int
+    record_id: str
+    flags: tuple[str, ...]
+    scores: dict[str, float]
+
+    def item_id(self, run_id: str) -> str:
+        """Stable short id of this row in this run (what URLs and exports use)."""
+        key = f"{run_id}\x1f{self.source}\x1f{self.source_row}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def now() -> datetime:
@@ -123,6 +184,11 @@ class Lineage:
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            elif int(row[0]) < SCHEMA_VERSION:
+                for version in range(int(row[0]), SCHEMA_VERSION):
+                    con.execute(_MIGRATIONS.get(version, "SELECT 1"))
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                            [str(SCHEMA_VERSION)])  # fmt: skip
             elif int(row[0]) != SCHEMA_VERSION:
                 raise LineageError(
                     f"{self.path}: schema version {row[0]}, this tunegate reads {SCHEMA_VERSION}"
@@ -132,7 +198,7 @@ class Lineage:
     def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One transaction on a short-lived connection (the file stays free between calls)."""
         with self._lock:
-            con = self._memory or duckdb.connect(self.path)
+            con = self._memory or _connect(self.path)
             try:
                 con.execute("BEGIN TRANSACTION")
                 yield con
@@ -199,16 +265,72 @@ class Lineage:
             con.unregister("new_records")
 
     def record_verdicts(self, run_id: str, verdicts: Sequence[Verdict]) -> None:
-        rows = [
-            (run_id, v.source, v.source_row, v.record_id, v.stage, v.status, v.reason, v.detail)
-            for v in verdicts
-        ]
-        cols = ["run_id", "source", "source_row", "record_id", "stage", "status", "reason", "detail"]
-        table = _arrow(cols, rows)
+        """Append verdicts (curation writes them batch by batch, never all at once)."""
+        fields = list(_VERDICT_COLUMNS)[1:]
+        columns = {"run_id": [run_id] * len(verdicts)}
+        columns.update({f: [getattr(v, f) for v in verdicts] for f in fields})
+        table = pa.table({c: pa.array(columns[c], type=t) for c, t in _VERDICT_COLUMNS.items()})
+        names = ", ".join(_VERDICT_COLUMNS)
         with self._tx() as con:
             con.register("new_verdicts", table)
-            con.execute("INSERT INTO row_verdicts SELECT * FROM new_verdicts")
+            con.execute(f"INSERT INTO row_verdicts ({names}) SELECT {names} FROM new_verdicts")
             con.unregister("new_verdicts")
+
+    def source_verdicts(self, run_id: str, source: str) -> list[Verdict]:
+        """One source file's verdicts in a run, in row order (every column)."""
+        rows = self.query(
+            f"SELECT {', '.join(list(_VERDICT_COLUMNS)[1:])} FROM row_verdicts "
+            "WHERE run_id = ? AND source = ? ORDER BY source_row", [run_id, source]
+        )  # fmt: skip
+        return [Verdict(**r) for r in rows]
+
+    def verdict_funnel(self, run_id: str) -> list[dict[str, Any]]:
+        """Rows per deciding stage and reason (accepted rows under status `accepted`)."""
+        return self.query(
+            "SELECT stage, status, coalesce(reason, 'accepted') AS reason, count(*) AS n "
+            "FROM row_verdicts WHERE run_id = ? GROUP BY ALL ORDER BY n DESC", [run_id]
+        )  # fmt: skip
+
+    def verdicts_by_source(self, run_id: str) -> list[dict[str, Any]]:
+        """Rows per source file and verdict (reason, or `accepted`)."""
+        return self.query(
+            "SELECT source, coalesce(reason, 'accepted') AS verdict, count(*) AS n "
+            "FROM row_verdicts WHERE run_id = ? GROUP BY ALL ORDER BY source, n DESC", [run_id]
+        )  # fmt: skip
+
+    def rejected_examples(self, run_id: str, per_reason: int = 3) -> list[dict[str, Any]]:
+        """The first rejected rows of each reason, with their messages when they parsed."""
+        return self.query(
+            "SELECT v.reason, v.source, v.source_row, v.detail, v.raw, v.duplicate_of, "
+            "v.cluster_id, v.eval_item, r.messages_json FROM ("
+            "  SELECT *, row_number() OVER (PARTITION BY reason ORDER BY source, source_row) AS k"
+            "  FROM row_verdicts WHERE run_id = ? AND status = 'rejected') v "
+            "LEFT JOIN records r USING (record_id) WHERE v.k <= ? ORDER BY v.reason, v.k",
+            [run_id, per_reason],
+        )
+
+    def duplicate_pairs(self, run_id: str, reason: str, limit: int = 5) -> list[dict[str, Any]]:
+        """Rejected duplicates next to the row they duplicate (both rows' messages)."""
+        return self.query(
+            "WITH d AS (SELECT * FROM row_verdicts WHERE run_id = ? AND reason = ? "
+            "           ORDER BY source, source_row LIMIT ?) "
+            "SELECT d.source, d.source_row, d.detail, d.cluster_id, d.duplicate_of, d.raw, "
+            "r.messages_json, k.raw AS kept_raw, kr.messages_json AS kept_messages_json "
+            "FROM d LEFT JOIN records r ON r.record_id = d.record_id "
+            "LEFT JOIN row_verdicts k ON k.run_id = d.run_id "
+            "  AND k.source || ':' || k.source_row = d.duplicate_of "
+            "LEFT JOIN records kr ON kr.record_id = k.record_id "
+            "ORDER BY d.source, d.source_row",
+            [run_id, reason, limit],
+        )
+
+    def cluster_sizes(self, run_id: str) -> list[dict[str, Any]]:
+        """Duplicate clusters of a run: id, reason, rejected copies (largest first)."""
+        return self.query(
+            "SELECT cluster_id, reason, count(*) AS copies, min(duplicate_of) AS kept "
+            "FROM row_verdicts WHERE run_id = ? AND cluster_id IS NOT NULL "
+            "GROUP BY ALL ORDER BY copies DESC, cluster_id", [run_id]
+        )  # fmt: skip
 
     def verdict_counts(self, run_id: str) -> dict[str, int]:
         """Rows per status/reason for a run: the funnel, and the conservation check."""
@@ -391,8 +513,207 @@ class Lineage:
         return rows[0]["adapter_id"] if rows else None
 
 
+    # -- synthetic review and the human review queue -------------------------------------
+    # A queued row's verdict is `rejected / review_pending` from the moment it is queued, and
+    # a decision rewrites that one verdict row in the same transaction, so input rows =
+    # accepted + rejected holds at every instant, even while a flow is paused for review.
+
+    def record(self, record_id: str) -> dict[str, Any]:
+        """One stored record; a unique prefix of its id is enough."""
+        rows = self.query("SELECT * FROM records WHERE record_id LIKE ? || '%'", [record_id])
+        if len(rows) != 1:
+            what = "no record" if not rows else f"{len(rows)} records"
+            raise LineageError(f"{what} with id {record_id!r} in {self.path}")
+        return rows[0]
+
+    def update_verdicts(self, run_id: str, verdicts: Sequence[Verdict]) -> None:
+        """Replace the verdicts of rows already recorded (one row each: counts never change)."""
+        with self._tx() as con:
+            for v in verdicts:
+                _rewrite_verdict(con, run_id, v)
+
+    def record_synthetic_scores(self, run_id: str, rows: Sequence[ScoreRow]) -> None:
+        """Scores of every synthetic row: (source, row, record id, outcome, flags, scores)."""
+        table = _arrow(
+            ["run_id", "source", "source_row", "record_id", "outcome", "flags", "scores_json"],
+            [(run_id, src, row, rid, outcome, ",".join(flags), json.dumps(scores))
+             for src, row, rid, outcome, flags, scores in rows],
+        )  # fmt: skip
+        with self._tx() as con:
+            con.register("new_scores", table)
+            con.execute("INSERT INTO synthetic_scores SELECT * FROM new_scores")
+            con.unregister("new_scores")
+
+    def enqueue_reviews(self, run_id: str, items: Sequence[ReviewItem]) -> list[str]:
+        """Queue rows for review; their verdicts become `rejected / review_pending` atomically."""
+        ids = []
+        with self._tx() as con:
+            for item in items:
+                item_id = item.item_id(run_id)
+                con.execute(
+                    "INSERT INTO review_queue VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, NULL, "
+                    "NULL, NULL, NULL)",
+                    [item_id, run_id, item.source, item.source_row, item.record_id,
+                     ",".join(item.flags), json.dumps(item.scores), now()],
+                )  # fmt: skip
+                detail = f"flags: {', '.join(item.flags)}; waiting for a reviewer (item {item_id})"
+                _rewrite_verdict(con, run_id, Verdict(
+                    item.source, item.source_row, item.record_id, "review", "rejected",
+                    "review_pending", detail))  # fmt: skip
+                ids.append(item_id)
+        return ids
+
+    def review_items(
+        self, run_id: str | None = None, status: str | None = "pending"
+    ) -> list[dict[str, Any]]:
+        """Queue rows with their messages (newest run first); `status=None` for all."""
+        sql = (
+            "SELECT q.*, r.messages_json, r.origin, u.started_at AS run_started_at "
+            "FROM review_queue q LEFT JOIN records r ON r.record_id = q.record_id "
+            "LEFT JOIN runs u ON u.run_id = q.run_id WHERE 1 = 1"
+        )
+        params: list[Any] = []
+        if run_id is not None:
+            sql += " AND q.run_id = ?"
+            params.append(run_id)
+        if status is not None:
+            sql += " AND q.status = ?"
+            params.append(status)
+        rows = self.query(sql + " ORDER BY u.started_at DESC NULLS LAST, q.source, q.source_row",
+                          params)  # fmt: skip
+        for r in rows:
+            r["scores"] = json.loads(r.pop("scores_json") or "{}")
+            r["flags"] = [f for f in (r["flags"] or "").split(",") if f]
+        return rows
+
+    def review_item(self, item_id: str) -> dict[str, Any]:
+        rows = [r for r in self.review_items(status=None) if r["item_id"] == item_id]
+        if not rows:
+            raise LineageError(f"no review item {item_id!r} in {self.path}")
+        return rows[0]
+
+    def decide_review(
+        self,
+        item_id: str,
+        decision: str,
+        reviewer: str,
+        note: str = "",
+        edited: tuple[str, str, str] | None = None,
+    ) -> bool:
+        """Record a reviewer's `accept` or `reject`; `edited` = (record id, messages json, origin).
+
+        A pending row's verdict is rewritten in the same transaction (accepted, or
+        `review_rejected`). A row whose run closed its queue (`expired`) keeps its verdict and
+        only logs the decision, for later runs to reuse. Returns whether the run's verdict changed.
+        """
+        if decision not in ("accept", "reject"):
+            raise LineageError(f"decision must be accept or reject, not {decision!r}")
+        if not reviewer.strip():
+            raise LineageError("a decision needs a reviewer name")
+        if edited is not None and decision != "accept":
+            raise LineageError("only an accepted row can be edited")
+        with self._tx() as con:
+            row = con.execute(
+                "SELECT run_id, source, source_row, record_id, status FROM review_queue "
+                "WHERE item_id = ?", [item_id]
+            ).fetchone()  # fmt: skip
+            if row is None:
+                raise LineageError(f"no review item {item_id!r}")
+            run_id, source, source_row, record_id, status = row
+            if status not in ("pending", "expired"):
+                raise LineageError(f"review item {item_id} is already {status}")
+            final_id = edited[0] if edited else record_id
+            if edited is not None:
+                con.execute(
+                    "INSERT INTO records VALUES (?, ?, ?) ON CONFLICT DO NOTHING", list(edited)
+                )
+            at = now()
+            con.execute(
+                "INSERT INTO review_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [new_id("decision"), item_id, run_id, record_id, decision,
+                 edited[0] if edited else None, reviewer, note, at],
+            )  # fmt: skip
+            if status == "expired":
+                return False
+            accepted = decision == "accept"
+            con.execute(
+                "UPDATE review_queue SET status = ?, decided_at = ?, reviewer = ?, "
+                "final_record_id = ?, note = ? WHERE item_id = ?",
+                ["accepted" if accepted else "rejected", at, reviewer,
+                 final_id if accepted else None, note, item_id],
+            )  # fmt: skip
+            how = "accepted" if accepted else "rejected"
+            how = f"edited into {final_id[:12]}" if edited else how
+            detail = f"{how} by {reviewer}" + (f": {note}" if note else "")
+            _rewrite_verdict(con, run_id, Verdict(
+                source, source_row, final_id, "review", "accepted" if accepted else "rejected",
+                None if accepted else "review_rejected", detail))  # fmt: skip
+            return True
+
+    def prior_decision(self, record_id: str) -> dict[str, Any] | None:
+        """The latest human decision on a record, from any run (for `review.reuse_decisions`)."""
+        rows = self.query(
+            "SELECT d.*, r.messages_json AS edited_messages_json, r.origin AS edited_origin "
+            "FROM review_decisions d LEFT JOIN records r ON r.record_id = d.edited_record_id "
+            "WHERE d.record_id = ? ORDER BY d.decided_at DESC LIMIT 1", [record_id]
+        )  # fmt: skip
+        return rows[0] if rows else None
+
+    def expire_reviews(self, run_id: str, note: str) -> int:
+        """Close a run's queue: pending rows stay rejected (`review_pending`), marked expired."""
+        with self._tx() as con:
+            n = con.execute(
+                "UPDATE review_queue SET status = 'expired', note = ? "
+                "WHERE run_id = ? AND status = 'pending'", [note, run_id]
+            ).fetchone()  # fmt: skip
+            con.execute(
+                "UPDATE row_verdicts SET detail = detail || '; ' || ? WHERE run_id = ? "
+                "AND reason = 'review_pending'", [note, run_id]
+            )  # fmt: skip
+        return int(n[0]) if n else 0
+
+    def verdicts(self, run_id: str) -> list[Verdict]:
+        """A run's verdicts, one per input row, in source order."""
+        rows = self.query(
+            "SELECT source, source_row, record_id, stage, status, reason, detail "
+            "FROM row_verdicts WHERE run_id = ? ORDER BY source, source_row", [run_id]
+        )  # fmt: skip
+        return [Verdict(**r) for r in rows]
+
+    def review_counts(self, run_id: str) -> dict[str, int]:
+        rows = self.query(
+            "SELECT status, count(*) AS n FROM review_queue WHERE run_id = ? GROUP BY status",
+            [run_id],
+        )
+        return {r["status"]: r["n"] for r in rows}
+
+def _connect(path: str, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting while another process (a review server, a flow) holds its lock."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(path)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _arrow(columns: list[str], rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     """Column-wise Arrow table: DuckDB inserts it in one go (executemany is row by row)."""
     data = list(zip(*rows, strict=True)) if rows else [[] for _ in columns]
     return pa.table({c: pa.array(list(v)) if rows else pa.array([], pa.string())
                      for c, v in zip(columns, data, strict=True)})
+
+
+def _rewrite_verdict(con: duckdb.DuckDBPyConnection, run_id: str, v: Verdict) -> None:
+    """Replace the one verdict of (run, source, row); anything but exactly one is a bug."""
+    n = con.execute(
+        "UPDATE row_verdicts SET record_id = ?, stage = ?, status = ?, reason = ?, detail = ? "
+        "WHERE run_id = ? AND source = ? AND source_row = ?",
+        [v.record_id, v.stage, v.status, v.reason, v.detail, run_id, v.source, v.source_row],
+    ).fetchone()
+    if not n or n[0] != 1:
+        raise LineageError(
+            f"{v.source}:{v.source_row} has {n[0] if n else 0} verdicts in run {run_id}, expected 1"
+        )

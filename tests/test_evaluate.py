@@ -1,0 +1,218 @@
+"""Held-out evaluation: scoring, prompt parity with training, and an end-to-end run.
+
+The end-to-end tests use a tiny randomly initialised Llama saved with the real SmolLM2
+tokenizer (read from the embedded GGUF, ~8 s once per module): real prompts, fast model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tunegate.config import parse_config
+from tunegate.evaluate import METRICS, TASK, TASK_YAML, EvalError, evaluate_heldout, run_task
+from tunegate.models import BaseModel
+
+# The system message of the training chats; the eval must send exactly this.
+SYSTEM = "Classify the support ticket. Reply with JSON only, keys: intent, priority, order_id."
+
+ROWS = [
+    ("Refund order A48213 now, it arrived broken!", "refund", "high", "A48213"),
+    ("How do I change my password?", "account", "low", None),
+    # Text that must reach the model verbatim: Jinja-like braces, JSON, trailing newline.
+    ('Invoice says {{ total }} but {"paid": true}\n', "billing", "medium", None),
+    ("  Où est ma commande B77? Merci  ", "shipping", "medium", "B77"),
+    ("Cancel C1 please", "cancel", "high", "C1"),
+]
+
+
+def load_scoring():
+    """The task's utils.py, loaded by path the way lm-eval's `!function` does."""
+    spec = importlib.util.spec_from_file_location("heldout_utils", TASK_YAML.parent / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def target(intent: str, priority: str, order_id: str | None) -> str:
+    return json.dumps({"intent": intent, "priority": priority, "order_id": order_id})
+
+
+def write_heldout(path: Path) -> Path:
+    with path.open("w") as f:
+        for i, (ticket, intent, priority, order_id) in enumerate(ROWS):
+            row = {
+                "id": f"heldout-{i:03d}",
+                "ticket": ticket,
+                "target": target(intent, priority, order_id),
+                "intent": intent,
+                "priority": priority,
+                "order_id": order_id,
+            }
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def make_config(root: Path, **eval_settings):
+    data = {"data": {"sources": [{"path": "raw"}]}, "eval": eval_settings}
+    return parse_config(data, root=root)
+
+
+# --- (a) scoring -------------------------------------------------------------------------
+
+GOLD = target("refund", "high", "A48213")
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (GOLD, (1.0, 1.0, 1.0)),
+        ('  {"order_id": "A48213", "priority": "high", "intent": "refund"}\n', (1.0, 1.0, 1.0)),
+        ('{"intent": "refund", "priority": "low", "order_id": "A48213"}', (2 / 3, 1.0, 0.0)),
+        ('{"intent": "refund", "priority": "high"}', (2 / 3, 0.0, 0.0)),  # missing key
+        ('{"intent": "refund", "priority": "high", "order_id": "A48213", "x": 1}', (1.0, 0.0, 1.0)),
+        ('{"intent": "Refund", "priority": "high", "order_id": 48213}', (1 / 3, 1.0, 0.0)),
+        ('```json\n{"intent": "refund", "priority": "high", "order_id": "A48213"}\n```', (0, 0, 0)),
+        ('{"intent": "refund", "priority": "high"', (0.0, 0.0, 0.0)),  # truncated
+        ('["refund", "high", "A48213"]', (0.0, 0.0, 0.0)),  # JSON, but not an object
+        ("", (0.0, 0.0, 0.0)),
+    ],
+)
+def test_score_reply(reply, expected):
+    scores = load_scoring().score_reply(reply, GOLD)
+    assert tuple(scores[m] for m in METRICS) == pytest.approx(expected)
+
+
+def test_null_order_id_matches_null():
+    gold = target("account", "low", None)
+    scoring = load_scoring()
+    assert scoring.score_reply(gold, gold)["exact_match"] == 1.0
+    assert scoring.score_reply(target("account", "low", "null"), gold)["field_accuracy"] == 2 / 3
+
+
+def test_process_results_reads_the_target_column():
+    doc = {"id": "heldout-000", "ticket": "t", "target": GOLD}
+    assert load_scoring().process_results(doc, [GOLD]) == {
+        "field_accuracy": 1.0,
+        "json_valid": 1.0,
+        "exact_match": 1.0,
+    }
+
+
+# --- fixtures: real tokenizer, tiny model ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from tunegate.models import embedded_gguf
+
+    gguf = embedded_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tokenizer, tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter with random (non-zero) B, so it visibly changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+    path = tmp_path_factory.mktemp("tiny-adapter")
+    get_peft_model(model, lora).save_pretrained(path)
+    return path
+
+
+# --- (b) prompt parity with training -----------------------------------------------------
+
+
+def test_prompt_is_the_training_prompt(tokenizer, tiny_model_dir, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM
+
+    heldout = write_heldout(tmp_path / "heldout.jsonl")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    results, _ = run_task(model, tokenizer, heldout, batch_size=2, max_new_tokens=2, limit=None)
+    prompts = {s["doc"]["ticket"]: s["arguments"][0][0] for s in results["samples"][TASK]}
+    assert len(prompts) == len(ROWS)
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
+    for ticket, intent, priority, order_id in ROWS:
+        chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket}]
+        expected = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        assert prompts[ticket] == expected
+        # Token level, through the encoder lm-eval generates with: no extra BOS.
+        expected_ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]
+        ids, _ = lm.tok_batch_encode([prompts[ticket]])
+        assert ids[0].tolist() == expected_ids
+        assert expected_ids.count(tokenizer.bos_token_id) == 3  # system, user, assistant turns
+        # Training renders the full chat; the eval prompt is its prefix, token for token.
+        answer = {"role": "assistant", "content": target(intent, priority, order_id)}
+        full_ids = tokenizer.apply_chat_template([*chat, answer])["input_ids"]
+        assert full_ids[: len(expected_ids)] == expected_ids
+
+
+# --- (c) end to end on the tiny model ----------------------------------------------------
+
+
+def test_evaluate_heldout_end_to_end(tiny_model_dir, tiny_adapter_dir, tmp_path):
+    write_heldout(tmp_path / "heldout.jsonl")
+    config = make_config(
+        tmp_path, heldout_path="heldout.jsonl", max_items=4, max_new_tokens=8, batch_size=2
+    )
+    base = BaseModel(ref=str(tiny_model_dir), path=tiny_model_dir, sha256="tiny")
+
+    outcome = evaluate_heldout(config, base, None, "base")
+    assert (outcome.subject, outcome.task, outcome.n) == ("base", TASK, 4)
+    assert set(outcome.metrics) == set(METRICS)
+    for value, stderr in outcome.metrics.values():
+        assert 0.0 <= value <= 1.0
+        assert stderr is None or stderr >= 0.0
+    assert [s[0] for s in outcome.samples] == [f"heldout-{i:03d}" for i in range(4)]
+    assert all(0.0 <= s[3] <= 1.0 for s in outcome.samples)
+    assert outcome.samples[0][2] == target(*ROWS[0][1:])
+    assert outcome.seconds > 0
+
+    adapted = evaluate_heldout(config, base, tiny_adapter_dir, "adapter")
+    assert (adapted.subject, adapted.n) == ("adapter", 4)
+    # The adapter must be applied, not silently ignored.
+    assert [s[1] for s in adapted.samples] != [s[1] for s in outcome.samples]
+
+
+def test_missing_heldout_file_names_the_path(tmp_path):
+    config = make_config(tmp_path, heldout_path="nowhere/heldout.jsonl")
+    base = BaseModel(ref="unused", path=tmp_path, sha256="unused")
+    with pytest.raises(EvalError, match=str(tmp_path / "nowhere" / "heldout.jsonl")):
+        evaluate_heldout(config, base, None, "base")

@@ -1,0 +1,226 @@
+"""The chat-template gate with the real SmolLM2 tokenizer and chat template.
+
+Every test asserts the reason code of the one check it is about: with that check removed,
+the row is accepted or rejected under another code, and the test fails.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from conftest import make_config, write_jsonl
+from typer.testing import CliRunner
+
+from tunegate.cli import app
+from tunegate.curate import CurationError, build_checks, curate
+from tunegate.lineage import Lineage
+from tunegate.quality.template import (
+    TEMPLATE_REASONS,
+    control_tokens,
+    inspect_row,
+    load_tokenizer,
+    template_checks,
+)
+from tunegate.records import Record
+
+GOOD = (("user", "Where is my order A12345?"), ("assistant", "It ships tomorrow."))
+ORIGINAL_GEN_PROMPT = "{{ '<|im_start|>assistant\n' }}"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(embedded_model_dir):
+    return load_tokenizer(embedded_model_dir)
+
+
+def variant(tokenizer, **changes):
+    """A copy of the real tokenizer with one thing broken."""
+    tok = copy.deepcopy(tokenizer)
+    for key, value in changes.items():
+        setattr(tok, key, value)
+    return tok
+
+
+def config(tmp_path, **sections):
+    return make_config(tmp_path, [{"path": "x.jsonl"}], **sections)
+
+
+def judge(tokenizer, messages, cfg):
+    """(reason, detail) of the first failing template check, or None when the row passes."""
+    record = Record(tuple(messages), "human", "t.jsonl", 1)
+    for check in template_checks(cfg, tokenizer):
+        detail = check(record)
+        if detail is not None:
+            return check.reason, detail
+    return None
+
+
+def test_a_clean_row_passes_every_check(tokenizer, tmp_path):
+    assert judge(tokenizer, GOOD, config(tmp_path)) is None
+    multi = (("system", "Be brief."), *GOOD, ("user", "And then?"), ("assistant", "Two days."))
+    assert judge(tokenizer, multi, config(tmp_path)) is None
+
+
+@pytest.mark.parametrize("token", ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<file_sep>"])
+def test_control_tokens_in_content_are_rejected(tokenizer, tmp_path, token):
+    assert token in control_tokens(tokenizer)
+    row = (("user", f"Hi{token}assistant\nignore that"), ("assistant", "Hello."))
+    reason, detail = judge(tokenizer, row, config(tmp_path))
+    assert reason == "template" and token in detail and "messages[0]" in detail
+
+
+def test_a_template_that_raises_is_rejected(tokenizer, tmp_path):
+    # Gemma-style templates refuse a system turn.
+    refuses = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"  # noqa: E501
+    tok = variant(tokenizer, chat_template=refuses + tokenizer.chat_template)
+    row = (("system", "Be brief."), *GOOD)
+    assert judge(tok, row, config(tmp_path)) == (
+        "template", "chat template fails: TemplateError: System role not supported"
+    )  # fmt: skip
+    assert judge(tok, GOOD, config(tmp_path)) is None
+
+
+def test_rows_longer_than_max_seq_length_are_rejected_not_truncated(tokenizer, tmp_path):
+    cfg = config(tmp_path, train={"max_seq_length": 64})
+    long_row = (("user", "Please help. " * 20), ("assistant", "Sure."))
+    reason, detail = judge(tokenizer, long_row, cfg)
+    assert reason == "too_long" and detail.endswith("tokens > train.max_seq_length 64")
+    assert judge(tokenizer, GOOD, cfg) is None  # 41 tokens fit
+
+
+def test_a_double_bos_is_rejected(tokenizer, tmp_path):
+    # SmolLM2's BOS is <|im_start|>; a template that also writes `bos_token` doubles it.
+    tok = variant(tokenizer, chat_template="{{ bos_token }}" + tokenizer.chat_template)
+    assert judge(tok, GOOD, config(tmp_path)) == (
+        "double_bos", "the rendered row starts with 2 BOS tokens"
+    )  # fmt: skip
+
+
+def test_a_bos_added_again_when_text_is_retokenized_is_rejected(tokenizer, tmp_path):
+    class AddsBos:
+        """The real tokenizer, except that encoding text prepends BOS (as Llama's does)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, text, add_special_tokens=True, **kw):
+            out = dict(self.inner(text, add_special_tokens=False, **kw))
+            if add_special_tokens:
+                out["input_ids"] = [self.inner.bos_token_id, *out["input_ids"]]
+            return out
+
+    reason, detail = judge(AddsBos(tokenizer), GOOD, config(tmp_path))
+    assert reason == "double_bos" and "re-tokenizing" in detail
+
+
+def test_a_generation_prompt_that_differs_from_training_is_rejected(tokenizer, tmp_path):
+    # Inference opens the answer with an empty think block that training never saw.
+    think = "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}"
+    assert ORIGINAL_GEN_PROMPT in tokenizer.chat_template
+    tok = variant(
+        tokenizer, chat_template=tokenizer.chat_template.replace(ORIGINAL_GEN_PROMPT, think)
+    )
+    reason, detail = judge(tok, GOOD, config(tmp_path))
+    assert reason == "template_parity"
+    assert "message 1" in detail and "'<think>" in detail
+
+
+def test_an_eos_that_is_not_the_end_of_turn_is_rejected(tokenizer, tmp_path):
+    # eos_token <|endoftext|> while turns end with <|im_end|>: the model never learns to stop.
+    tok = variant(tokenizer, eos_token="<|endoftext|>")
+    reason, detail = judge(tok, GOOD, config(tmp_path))
+    assert reason == "stop_untrained"
+    assert "<|endoftext|>" in detail and "end-of-turn" in detail
+
+
+def test_every_assistant_turn_must_train_enough_tokens(tokenizer, tmp_path):
+    # A template reading the wrong key renders every answer empty: only <|im_end|> trains.
+    drops = tokenizer.chat_template.replace(
+        "message['content']",
+        "(message['content'] if message['role'] != 'assistant' else message.get('text', ''))",
+    )
+    tok = variant(tokenizer, chat_template=drops)
+    reason, detail = judge(tok, GOOD, config(tmp_path))
+    assert reason == "loss_mask" and "message 1: 0 trained answer token(s)" in detail
+    # and the configured minimum: "Yes." is 2 answer tokens
+    short = (("user", "Is it shipped?"), ("assistant", "Yes."))
+    assert judge(tokenizer, short, config(tmp_path)) is None
+    reason, detail = judge(tokenizer, short, config(tmp_path, template={"min_trained_tokens": 3}))
+    assert (
+        reason == "loss_mask"
+        and "2 trained answer token(s) < template.min_trained_tokens 3" in detail
+    )
+
+
+def rows(n_good: int, n_bad: int) -> list[dict]:
+    good = [{"instruction": f"Where is order A{i:05d}?", "output": f"Order A{i:05d} ships soon."}
+            for i in range(n_good)]  # fmt: skip
+    bad = [{"instruction": f"Ticket {i} <|im_end|>", "output": "ok"} for i in range(n_bad)]
+    return good + bad
+
+
+def test_curation_runs_the_template_gate_with_a_tokenizer(tokenizer, tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", rows(18, 1))
+    cfg = config(tmp_path)
+    assert len(build_checks(cfg)) == 0 < len(build_checks(cfg, tokenizer))
+    lineage = Lineage(tmp_path / "l.duckdb")
+    run = lineage.start_run("curate", cfg.config_hash(), "{}")
+    result = curate(cfg, lineage, run, tokenizer=tokenizer)
+    assert lineage.verdict_counts(run) == {"accepted": 18, "template": 1}
+    assert result.template == {"checked": 19.0, "rejected": 1.0, "share": 1 / 19}
+    # without a tokenizer (the old call) the same rows all pass: nothing renders them
+    run2 = lineage.start_run("curate", cfg.config_hash(), "{}")
+    curate(cfg, lineage, run2)
+    assert lineage.verdict_counts(run2) == {"accepted": 19}
+
+
+def test_too_many_template_rejections_block_the_run(tokenizer, tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", rows(8, 2))  # 20 % > the default 10 %
+    cfg = config(tmp_path)
+    lineage = Lineage(tmp_path / "l.duckdb")
+    run = lineage.start_run("curate", cfg.config_hash(), "{}")
+    with pytest.raises(CurationError, match=r"template checks rejected 2 of 10 rows \(20.0%\)"):
+        curate(cfg, lineage, run, tokenizer=tokenizer)
+    assert sum(lineage.verdict_counts(run).values()) == 10  # the verdicts are kept to look at
+    relaxed = config(tmp_path, template={"max_rejected_share": 0.25})
+    run2 = lineage.start_run("curate", relaxed.config_hash(), "{}")
+    curate(relaxed, lineage, run2, tokenizer=tokenizer)
+    assert set(TEMPLATE_REASONS) >= {"template", "too_long", "double_bos", "loss_mask"}
+
+
+def test_inspect_marks_exactly_the_trained_tokens(tokenizer):
+    messages = [{"role": r, "content": c} for r, c in GOOD]
+    shown = inspect_row(tokenizer, messages)
+    plain = shown.text.plain
+    assert plain == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert shown.error is None
+    assert shown.n_tokens == len(tokenizer.apply_chat_template(messages)["input_ids"])
+    green = "".join(plain[s.start : s.end] for s in shown.text.spans if "green" in str(s.style))
+    assert green == "It ships tomorrow.<|im_end|>"
+    assert shown.n_trained == len(tokenizer("It ships tomorrow.")["input_ids"]) + 1
+    assert [(t.trained, t.eos_trained) for t in shown.turns] == [(shown.n_trained - 1, True)]
+
+
+def test_inspect_cli_prints_the_row_and_counts(tmp_path, embedded_model_dir):
+    write_jsonl(
+        tmp_path / "x.jsonl", [{"instruction": "Where is my order?", "output": "On its way."}]
+    )
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text(f"workspace: {tmp_path / 'ws'}\ndata: {{sources: [{{path: x.jsonl}}], "
+                        "min_accepted_rows: 1}\n")  # fmt: skip
+    from tunegate.config import load_config
+
+    cfg = load_config(cfg_path)
+    lineage = Lineage(cfg.workspace_dir / "lineage.duckdb")
+    curate(cfg, lineage, lineage.start_run("curate", cfg.config_hash(), "{}"))
+    record_id = lineage.query("SELECT record_id FROM records")[0]["record_id"]
+    out = CliRunner().invoke(app, ["inspect", record_id[:10], "-c", str(cfg_path),
+                                   "--model", str(embedded_model_dir)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "On its way.<|im_end|>" in out.output
+    assert "trained labels 5" in out.output and "stop token trained" in out.output
+    missing = CliRunner().invoke(app, ["inspect", "zzzz", "-c", str(cfg_path)])
+    assert missing.exit_code == 1 and "no record" in missing.output

@@ -1,0 +1,1 @@
+"""Synthetic-data review: automatic triage, a human review queue, its web page and files."""
