@@ -848,8 +848,9 @@ def dumps(obj: object) -> str:
 
 
 def alpaca(text: str, output: str | None) -> dict[str, str]:
-    """An alpaca row; `output=None` leaves the key out (a planted defect)."""
-    row = {"instruction": SYSTEM, "input": text}
+    """An alpaca row with a `system` column, so it renders exactly like the chat rows and
+    the held-out prompts (system + ticket); `output=None` leaves the key out (a defect)."""
+    row = {"system": SYSTEM, "instruction": text, "input": ""}
     if output is not None:
         row["output"] = output
     return row
@@ -908,8 +909,8 @@ def build_human(rng: Random, ids: OrderIds, pool: Pool) -> list[Line]:
         Line(cut, "invalid_json", "line truncated mid-string", fresh[3]),
         Line(
             dumps(alpaca("", fresh[4].target)),
-            "empty_input",
-            'input is ""; the ticket is lost, the label kept',
+            "empty_instruction",
+            'instruction is ""; the ticket is lost, the label kept',
             fresh[4],
         ),
     ]
@@ -1046,7 +1047,7 @@ DEFECT_DOCS = {
     "empty_output": ('`"output": ""`', "schema / empty answer"),
     "missing_output": ('no `"output"` key', "ingest (schema)"),
     "invalid_json": ("line cut off mid-string, not valid JSON", "ingest (parse)"),
-    "empty_input": ('`"input": ""`: the row is the bare instruction plus a label', "empty prompt"),
+    "empty_instruction": ('`"instruction": ""`: no ticket, only a label', "schema (empty content)"),
     "near_duplicate": ("an earlier row with one word changed", "near-dup (MinHash)"),
     "refusal": ('answer is "As an AI language model, I cannot ..." boilerplate', "refusal filter"),
     "repetition_loop": ("answer is one sentence repeated 24 times", "repetition filter"),
@@ -1153,7 +1154,7 @@ Do not edit these files by hand: change the generator and re-run it.
 
 ## Task
 
-The instruction (alpaca `instruction`, chat `system`) is identical in every row:
+The system prompt (alpaca `system` column, chat `system` turn) is identical in every row:
 
     {SYSTEM}
 
@@ -1197,7 +1198,7 @@ of {MAX_CLEAN_SIMILARITY} or more (order ids masked), so the only duplicates are
 
 | file | format | lines | clean | defects |
 |---|---|---|---|---|
-{file_row("tickets_human.jsonl", "alpaca: `instruction`, `input`, `output`", human)}
+{file_row("tickets_human.jsonl", "alpaca + `system`: `system`, `instruction`, `input`, `output`", human)}
 {file_row("tickets_synthetic.jsonl", SYNTHETIC_FORMAT, synthetic)}
 
 The files are written in different voices. `human` is terse and informal: lower-case

@@ -317,7 +317,7 @@ class EvalConfig(Section):
     )
     max_items: int | None = Field(None, ge=1, description="Evaluate only the first N items.")
     max_new_tokens: int = Field(48, ge=1, description="Generation budget per held-out item.")
-    batch_size: int = Field(16, ge=1, description="Items per generation batch.")
+    batch_size: int = Field(32, ge=1, description="Items per generation batch.")
 
 
 class GateConfig(Section):
