@@ -108,7 +108,9 @@ def gate_adapter(
     return decision
 
 
-@flow(name="tunegate-pipeline", log_prints=True)
+# log_prints stays off: dill (used by `datasets` to fingerprint map functions) disassembles
+# them to a captured stdout, and a print-to-log patch would flood the run log with bytecode.
+@flow(name="tunegate-pipeline", log_prints=False)
 def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
     """Base model → curate (template gate) → synthetic review → snapshot → QLoRA → eval → gate."""
     config = load_config(config_path)

@@ -1,0 +1,97 @@
+"""The whole pipeline through `tunegate run`: a real subprocess, Prefect's temporary server,
+the shipped sample data, DuckDB lineage.
+
+The refusal test trains a tiny random Llama with learning rate 0, so it runs in the default
+suite; the promotion test trains the embedded SmolLM2 as `make run` does (marked slow).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+from conftest import REPO
+
+TUNEGATE = Path(sys.executable).parent / "tunegate"
+
+
+def write_pipeline(tmp_path: Path, base_model: str, train: dict, eval_: dict) -> Path:
+    """The shipped pipeline.yaml, pointed at a temporary workspace and report folder."""
+    config = yaml.safe_load((REPO / "pipeline.yaml").read_text())
+    config["workspace"] = str(tmp_path / "ws")
+    for source in config["data"]["sources"]:
+        source["path"] = str(REPO / source["path"])
+    config["eval"]["heldout_path"] = str(REPO / config["eval"]["heldout_path"])
+    config["model"]["base_model"] = base_model
+    config["train"].update(train)
+    config["eval"].update(eval_)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def tunegate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [str(TUNEGATE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800
+    )
+
+
+def query(tmp_path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(tmp_path / "ws" / "lineage.duckdb"), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_base_model):
+    config = write_pipeline(
+        tmp_path,
+        str(tiny_base_model.path),
+        train={"learning_rate": 0.0, "max_steps": 2, "logging_steps": 1},
+        eval_={"max_items": 8, "max_new_tokens": 8},
+    )
+    proc = tunegate("run", str(config), cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # 3: refused, not crashed
+    assert "refused" in proc.stdout
+
+    ((status, detail),) = query(tmp_path, "SELECT status, detail FROM runs WHERE flow='pipeline'")
+    assert status == "refused"
+    gates = query(tmp_path, "SELECT gate, passed, reason FROM gate_results")
+    assert gates and not all(passed for _, passed, _ in gates)
+    assert any("gain" in reason for _, _, reason in gates)
+    assert query(tmp_path, "SELECT count(*) FROM aliases")[0][0] == 0  # nothing promoted
+    (inputs, verdicts) = query(
+        tmp_path,
+        "SELECT (SELECT sum(n_rows) FROM sources), (SELECT count(*) FROM row_verdicts)",
+    )[0]
+    assert inputs == verdicts  # every input row has its verdict
+
+
+@pytest.mark.slow
+def test_default_sample_trains_an_adapter_that_is_promoted_and_traced(tmp_path):
+    """What `make run` does, with the embedded SmolLM2 and the shipped sample."""
+    config = write_pipeline(
+        tmp_path, "embedded:smollm2-135m-instruct", train={}, eval_={"max_items": 40}
+    )
+    proc = tunegate("run", str(config), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    ((adapter_id,),) = query(tmp_path, "SELECT adapter_id FROM aliases WHERE alias='production'")
+    scores = dict(
+        query(
+            tmp_path,
+            "SELECT subject, value FROM eval_results "
+            "WHERE task='tunegate_heldout' AND metric='field_accuracy'",
+        )
+    )
+    assert scores["adapter"] >= scores["base"] + 0.2
+
+    trace = tunegate("lineage", adapter_id, "--workspace", str(tmp_path / "ws"), cwd=tmp_path)
+    assert trace.returncode == 0, trace.stderr
+    for expected in ("tickets_human.jsonl", "tickets_synthetic.jsonl", "snapshot", "seed",
+                     "field_accuracy", "production"):  # fmt: skip
+        assert expected in trace.stdout
