@@ -156,6 +156,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_mb() -> float:
+    """Resident memory now (Linux), to see whether it grows with the rows read."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def run_tunegate(directory: str) -> dict[str, object]:
     """The curation funnel with lineage writes, timed per stage."""
     from tunegate.config import parse_config
@@ -178,6 +184,7 @@ def run_tunegate(directory: str) -> dict[str, object]:
     run_id = lineage.start_run("bench", "h", "{}")
     spool = AcceptedRecords(d / "accepted.jsonl", cache_rows=0)
     write_s, files = 0.0, []
+    memory, mark = [], 4096  # (rows read, RSS MB, dedup index MB) at 4k, 8k, 16k, ... rows
     t0 = time.perf_counter()
     for batch in funnel.run(_rows(config, files)):
         t1 = time.perf_counter()
@@ -185,10 +192,15 @@ def run_tunegate(directory: str) -> dict[str, object]:
         lineage.record_records((r.record_id, r.messages_json(), r.origin) for r in batch.accepted)
         spool.extend(batch.accepted)
         write_s += time.perf_counter() - t1
+        if funnel.stats.n_input >= mark:
+            index_mb = sum(getattr(s, "nbytes", 0) for s in stages) / 2**20
+            memory.append((funnel.stats.n_input, _rss_mb(), index_mb))
+            mark *= 2
     total = time.perf_counter() - t0
     spool.close()
     st = funnel.stats
     index_bytes = sum(getattr(s, "nbytes", 0) for s in stages)
+    memory.append((st.n_input, _rss_mb(), index_bytes / 2**20))
     near = next(s for s in stages if s.stage == "near_dedup")
     return {
         "rows": st.n_input, "counts": dict(st.counts), "setup_s": setup, "total_s": total,
@@ -196,7 +208,7 @@ def run_tunegate(directory: str) -> dict[str, object]:
             p.stat().st_size for p in d.glob("chats.json*") if "valid" not in p.name) / 2**20,
         "stages": {s.name: {"rows": s.rows_in, "seconds": s.seconds, "cpu": s.cpu_seconds,
                             "rejected": s.rejected} for s in st.stages.values()},
-        "peak_mb": _peak_mb(), "index_mb": index_bytes / 2**20,
+        "peak_mb": _peak_mb(), "index_mb": index_bytes / 2**20, "memory": memory,
         "near_candidates": near.n_candidates,
         "recorded": sum(lineage.verdict_counts(run_id).values()),
     }  # fmt: skip
@@ -409,8 +421,16 @@ def report(results: list[dict[str, object]]) -> str:
             f"{n / first_wall:,.0f} | {n / (t['total_s']):,.0f} | {t['peak_mb']:,.0f} MB | "
             f"{t['index_mb']:,.0f} MB |"
         )  # fmt: skip
+    memory = ["| N | input | RSS after the first 4k rows | RSS at the end | growth "
+              "| of which dedup indexes |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        t = r["tunegate"]
+        (_, rss0, idx0), (_, rss1, idx1) = t["memory"][0], t["memory"][-1]  # type: ignore[index]
+        memory.append(f"| {r['n']:,} | {t['mib']:,.0f} MiB | {rss0:,.0f} MB | {rss1:,.0f} MB | "
+                      f"{rss1 - rss0:+,.0f} MB | {idx1 - idx0:+,.0f} MB |")  # fmt: skip
     lines = ["rows/s; stage columns: CPU time of the stage (word hashing and verdict building "
              "are counted in `all stages`)", "", *rows, "",
+             "Memory while streaming (resident set of the curation process):", "", *memory, "",
              "Baselines on the same files (wall clock, own process):", "",
              "| N | pandas read_json + drop_duplicates (JSONL part) "
              "| datasketch MinHash+MinHashLSH |", "|---|---|---|"]  # fmt: skip

@@ -18,13 +18,15 @@ from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
 from tunegate.config import PipelineConfig, load_config
 from tunegate.curate import CurationResult, curate
+from tunegate.eval_report import metric_rows, write_eval_report
 from tunegate.evaluate import EvalOutcome
+from tunegate.gates import GateResult
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
 from tunegate.promote import Decision
 from tunegate.quality.report import stage_funnel_markdown
 from tunegate.quality.template import load_tokenizer
-from tunegate.reports import funnel_markdown, metrics_markdown, write_report
+from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
 
@@ -79,33 +81,68 @@ def train_qlora(
     return result
 
 
-@task(cache_policy=NO_CACHE)
-def evaluate_model(
-    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel, adapter: TrainResult | None
-) -> EvalOutcome:
-    """Held-out eval of the base model or the adapter."""
+def _evaluate(
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel,
+    adapter: TrainResult | None, suite: str,
+) -> list[EvalOutcome]:  # fmt: skip
     started = now()
-    outcome = stages.evaluate_recorded(config, lineage, run_id, base, adapter)
-    _stage(lineage, run_id, f"eval_{outcome.subject}", started, n=outcome.n, seconds=outcome.seconds)
-    return outcome
+    outcomes = stages.evaluate_recorded(config, lineage, run_id, base, adapter, suite)
+    subject = "base" if adapter is None else "adapter"
+    _stage(lineage, run_id, f"eval_{suite}_{subject}", started,
+           n={o.task: o.n for o in outcomes}, seconds={o.task: o.seconds for o in outcomes})
+    return outcomes
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_heldout(
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel,
+    adapter: TrainResult | None,
+) -> list[EvalOutcome]:  # fmt: skip
+    """Held-out task (generation + reference log-likelihood) of the base model or the adapter."""
+    return _evaluate(config, lineage, run_id, base, adapter, "heldout")
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_general(
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel,
+    adapter: TrainResult | None,
+) -> list[EvalOutcome]:  # fmt: skip
+    """General-capability suite (PIQA, ARC-Easy, HellaSwag) of the base model or the adapter."""
+    return _evaluate(config, lineage, run_id, base, adapter, "general")
 
 
 @task(cache_policy=NO_CACHE)
 def gate_adapter(
     config: PipelineConfig, lineage: Lineage, run_id: str, adapter: TrainResult,
-    base_eval: EvalOutcome, adapter_eval: EvalOutcome,
-) -> Decision:  # fmt: skip
-    """Run the gates and promote or refuse."""
+    base_evals: list[EvalOutcome], adapter_evals: list[EvalOutcome],
+) -> tuple[list[GateResult], Decision]:  # fmt: skip
+    """Run every gate (held-out gain, no forgetting per general task); promote or refuse."""
     started = now()
-    gates, decision = stages.gate_and_promote(config, lineage, run_id, adapter, base_eval, adapter_eval)
+    gates, decision = stages.gate_and_promote(config, lineage, run_id, adapter, base_evals,
+                                              adapter_evals)  # fmt: skip
     _stage(lineage, run_id, "gate", started, promoted=decision.promoted, reason=decision.reason)
     banner = "PROMOTED" if decision.promoted else "REFUSED"
     create_markdown_artifact(
         f"# {banner} `{decision.adapter_id[:12]}` → `{decision.alias}`\n\n{decision.reason}\n\n"
-        + metrics_markdown(base_eval.metrics, adapter_eval.metrics),
-        key="promotion-gate", description="Held-out gate and promotion decision",
+        + gates_markdown(gates),
+        key="promotion-gate", description="Gates and promotion decision",
     )  # fmt: skip
-    return decision
+    return gates, decision
+
+
+@task(cache_policy=NO_CACHE)
+def report_evals(
+    config: PipelineConfig, run_id: str, adapter: TrainResult, base_evals: list[EvalOutcome],
+    adapter_evals: list[EvalOutcome], gates: list[GateResult], decision: Decision,
+) -> Path:  # fmt: skip
+    """Write reports/<run id>/eval.html and publish its table as an artifact."""
+    confidence = config.gates.general.confidence
+    path = write_eval_report(config.resolve("reports"), run_id, adapter.adapter_id, base_evals,
+                             adapter_evals, gates, decision, confidence)  # fmt: skip
+    create_table_artifact([r.as_dict() for r in metric_rows(base_evals, adapter_evals, confidence)],
+                          key="eval-base-vs-adapter",
+                          description=f"Base vs adapter per task and metric ({path})")  # fmt: skip
+    return path
 
 
 # log_prints stays off: dill (used by `datasets` to fingerprint map functions) disassembles
@@ -124,21 +161,28 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
         curation = close_review_queue(config, lineage, run_id, triage, base, why)
         snap = snapshot_data(config, lineage, run_id, curation)
         adapter = train_qlora(config, lineage, run_id, base, snap)
-        base_eval = evaluate_model(config, lineage, run_id, base, None)
-        adapter_eval = evaluate_model(config, lineage, run_id, base, adapter)
-        decision = gate_adapter(config, lineage, run_id, adapter, base_eval, adapter_eval)
+        base_evals = evaluate_heldout(config, lineage, run_id, base, None)
+        adapter_evals = evaluate_heldout(config, lineage, run_id, base, adapter)
+        base_evals += evaluate_general(config, lineage, run_id, base, None)
+        adapter_evals += evaluate_general(config, lineage, run_id, base, adapter)
+        gates, decision = gate_adapter(config, lineage, run_id, adapter, base_evals, adapter_evals)
+        eval_report = report_evals(config, run_id, adapter, base_evals, adapter_evals, gates,
+                                   decision)  # fmt: skip
     except BaseException as exc:
         lineage.end_run(run_id, "failed", repr(exc))
         raise
     report = write_report(config.resolve("reports"), run_id, {
         "Curation": funnel_markdown(curation.n_input, curation.reasons),
-        "Held-out eval": metrics_markdown(base_eval.metrics, adapter_eval.metrics),
+        "Evals (base vs adapter)": "\n\n".join(
+            f"**{b.task}**\n\n" + metrics_markdown(b.metrics, a.metrics)
+            for b, a in zip(base_evals, adapter_evals, strict=True)) + f"\n\nReport: {eval_report}",
+        "Gates": gates_markdown(gates),
         "Decision": f"**{'promoted' if decision.promoted else 'refused'}** "
                     f"`{decision.adapter_id}` → `{decision.alias}`: {decision.reason}",
     })  # fmt: skip
     lineage.end_run(run_id, "promoted" if decision.promoted else "refused", decision.reason)
-    summary = stages.summarize(run_id, curation, config.gates.metric, base_eval, adapter_eval,
-                               decision, Path(report))  # fmt: skip
+    summary = stages.summarize(run_id, curation, config, base_evals, adapter_evals, decision,
+                               Path(report), eval_report)  # fmt: skip
     return asdict(summary)
 
 

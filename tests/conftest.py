@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,26 @@ def make_config(tmp_path: Path, sources: list[dict[str, str]], **overrides: obje
     }
     data.update(overrides)
     return parse_config(data, root=tmp_path)
+
+
+def assert_conserved(lineage: Any, run_id: str, n_input: int) -> dict[str, int]:
+    """Input rows = accepted + rejected: one verdict per input row, each of the two statuses.
+
+    `n_input` is what the test wrote, counted independently of tunegate. Returns the
+    run's rows per reason (and `accepted`).
+    """
+    (row,) = lineage.query(
+        "SELECT count(*) AS n, count(DISTINCT (source, source_row)) AS rows_judged, "
+        "count(*) FILTER (status = 'accepted') AS accepted, "
+        "count(*) FILTER (status = 'rejected' AND reason IS NOT NULL) AS rejected "
+        "FROM row_verdicts WHERE run_id = ?",
+        [run_id],
+    )
+    assert row["n"] == row["rows_judged"] == n_input, (row, n_input)
+    assert row["accepted"] + row["rejected"] == n_input, row
+    read = lineage.query("SELECT sum(n_rows) AS n FROM sources WHERE run_id = ?", [run_id])
+    assert read[0]["n"] == n_input, (read, n_input)  # rows ingest read from the files
+    return lineage.verdict_counts(run_id)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,25 @@
-from tunegate.curate import curate, curate_records
-from tunegate.lineage import Lineage
+"""Curation's own stages: one verdict per input row, every reason code, conservation on each input.
 
-from conftest import make_config, write_jsonl
+Every test that curates asserts conservation (input rows = accepted + rejected, one verdict
+per row) against the number of rows it wrote, counted without tunegate.
+"""
+
+import json
+
+import pytest
+from conftest import assert_conserved, make_config, write_jsonl
+
+from tunegate.curate import CurationError, curate, curate_records
+from tunegate.lineage import Lineage
+from tunegate.quality.funnel import AcceptedRecords, RunVerdicts
 
 
 def rows():
-    good = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."} for i in range(5)]
+    good = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."}
+            for i in range(5)]  # fmt: skip
     return [
         *good,
-        {"instruction": "question 0? ", "input": "", "output": "answer  0."},  # exact dup (normalised)
+        {"instruction": "question 0? ", "input": "", "output": "answer  0."},  # exact dup
         {"instruction": "Empty", "input": "", "output": "   "},                 # empty answer
         '{"instruction": "cut',                                                  # bad JSON
         {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "v"}]},
@@ -28,9 +39,8 @@ def test_every_row_gets_a_verdict_and_conservation_holds(tmp_path):
     lineage = Lineage(tmp_path / "l.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
     result = curate(cfg, lineage, run)
-    counts = lineage.verdict_counts(run)
-    assert counts == {"accepted": 5, "schema": 5, "exact_duplicate": 1}
-    assert sum(counts.values()) == 11 == result.n_input
+    assert assert_conserved(lineage, run, 11) == {"accepted": 5, "schema": 5, "exact_duplicate": 1}
+    assert result.n_input == 11
     details = {(r["source"][-7:], r["source_row"]): r["detail"] for r in lineage.query(
         "SELECT source, source_row, detail FROM row_verdicts WHERE status = 'rejected'")}
     assert "same conversation as" in details["a.jsonl", 6] and ":1 " in details["a.jsonl", 6]
@@ -41,7 +51,8 @@ def test_every_row_gets_a_verdict_and_conservation_holds(tmp_path):
     assert "messages[0].role: expected user" in details["b.jsonl", 2]
     assert "last turn must be assistant" in details["b.jsonl", 2]
     assert lineage.query("SELECT count(*) AS n FROM records")[0]["n"] == 5
-    assert [r["n_rows"] for r in lineage.query("SELECT n_rows FROM sources ORDER BY path")] == [9, 2]
+    sources = lineage.query("SELECT n_rows FROM sources ORDER BY path")
+    assert [r["n_rows"] for r in sources] == [9, 2]
 
 
 def test_first_occurrence_is_kept_deterministically(tmp_path):
@@ -49,18 +60,14 @@ def test_first_occurrence_is_kept_deterministically(tmp_path):
     cfg = make_config(tmp_path, [{"path": "a.jsonl"}])
     first = curate_records(cfg)
     second = curate_records(cfg)
+    for result in (first, second):  # in memory: one verdict per written row, nothing else
+        assert [v.source_row for v in result.verdicts] == list(range(1, 10))
+        assert len(result.accepted) == sum(v.status == "accepted" for v in result.verdicts) == 5
     assert [v.status for v in first.verdicts] == [v.status for v in second.verdicts]
     assert first.verdicts[0].status == "accepted" and first.verdicts[5].reason == "exact_duplicate"
 
 
-# --- every reason code of curation's own stages, conservation on each input --------------------
-
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-
-from tunegate.curate import CurationError  # noqa: E402
-from tunegate.quality.funnel import AcceptedRecords, RunVerdicts  # noqa: E402
+# --- every reason code of curation's own stages -------------------------------------------------
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu")
@@ -72,11 +79,15 @@ def text(seed: int, n: int = 40) -> str:
     return " ".join(f"{w[(seed * 7 + k * 3) % len(w)]}{(seed * 31 + k) % 97}" for k in range(n))
 
 
-def run_curate(tmp_path, sources, **overrides):
+def run_curate(tmp_path, sources, n_input, **overrides):
+    """Curate the sources (n_input rows written) and assert conservation."""
     cfg = make_config(tmp_path, sources, **overrides)
     lineage = Lineage(tmp_path / "l.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
-    return curate(cfg, lineage, run), lineage, run
+    result = curate(cfg, lineage, run)
+    assert_conserved(lineage, run, n_input)
+    assert result.n_input == n_input and len(result.accepted) == result.reasons["accepted"]
+    return result, lineage, run
 
 
 def verdict_rows(lineage, run):
@@ -93,13 +104,12 @@ def test_near_duplicates_name_the_kept_row_and_share_a_cluster(tmp_path):
         {"instruction": "Summarise this.", "output": edited},
         {"instruction": "Summarise this!", "output": edited + " extra"},
     ])
-    result, lineage, run = run_curate(tmp_path, [{"path": "n.jsonl"}])
+    _, lineage, run = run_curate(tmp_path, [{"path": "n.jsonl"}], 4)
     v = verdict_rows(lineage, run)
     reasons = [v[i]["reason"] for i in (1, 2, 3, 4)]
     assert reasons == [None, None, "near_duplicate", "near_duplicate"]
     assert v[3]["duplicate_of"].endswith("n.jsonl:1") and "Jaccard" in v[3]["detail"]
     assert v[3]["cluster_id"] == v[4]["cluster_id"] and v[3]["cluster_id"].startswith("n-")
-    assert result.n_input == 4 == sum(lineage.verdict_counts(run).values())
 
 
 def test_exact_duplicates_record_cluster_and_first_occurrence(tmp_path):
@@ -108,7 +118,7 @@ def test_exact_duplicates_record_cluster_and_first_occurrence(tmp_path):
         {"instruction": "hello, world", "output": "fine."},
         {"instruction": "HELLO, WORLD", "output": "FINE."},
     ])
-    _, lineage, run = run_curate(tmp_path, [{"path": "e.jsonl"}])
+    _, lineage, run = run_curate(tmp_path, [{"path": "e.jsonl"}], 3)
     v = verdict_rows(lineage, run)
     assert v[1]["status"] == "accepted"
     assert {v[2]["reason"], v[3]["reason"]} == {"exact_duplicate"}
@@ -123,7 +133,7 @@ def test_duplicate_response_long_answers_only(tmp_path):
         {"instruction": "Is the sky blue?", "output": "Yes"},
         {"instruction": "Is water wet?", "output": "Yes"},  # short answers may repeat
     ])
-    _, lineage, run = run_curate(tmp_path, [{"path": "r.jsonl"}])
+    _, lineage, run = run_curate(tmp_path, [{"path": "r.jsonl"}], 4)
     v = verdict_rows(lineage, run)
     assert [v[i]["reason"] for i in (1, 2, 3, 4)] == [None, "duplicate_response", None, None]
     assert v[2]["duplicate_of"].endswith("r.jsonl:1") and v[2]["cluster_id"].startswith("r-")
@@ -148,7 +158,7 @@ def test_contamination_ngram_short_text_and_near_copy(tmp_path):
         {"instruction": text(22, 30), "output": "clean"},
         {"instruction": "What is the boiling point?", "output": "It depends."},
     ])
-    _, lineage, run = run_curate(tmp_path, [{"path": "c.jsonl"}],
+    _, lineage, run = run_curate(tmp_path, [{"path": "c.jsonl"}], 5,
                                  eval={"heldout_path": "evals/heldout.jsonl"})
     v = verdict_rows(lineage, run)
     assert [v[i]["reason"] for i in range(1, 6)] == [
@@ -164,7 +174,7 @@ def test_eval_files_are_configurable_and_missing_ones_reported(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"instruction": text(30, 20), "output": "a"},
                                        {"instruction": text(31, 20), "output": "b"}])
     result, lineage, run = run_curate(
-        tmp_path, [{"path": "d.jsonl"}], contamination={"eval_files": ["suite", "nowhere"]})
+        tmp_path, [{"path": "d.jsonl"}], 2, contamination={"eval_files": ["suite", "nowhere"]})
     row = verdict_rows(lineage, run)[1]
     assert row["reason"] == "contamination" and row["eval_item"] == "suite/arc.jsonl:1"
     html = result.report.read_text()
@@ -187,12 +197,10 @@ def test_conservation_on_every_input_format(tmp_path):
     empty = {"instruction": "z", "input": "", "output": ""}
     datasets.Dataset.from_list([*rows_ok[:2], empty]).save_to_disk(str(tmp_path / "saved"))
     sources = [{"path": "a.json"}, {"path": "b.csv"}, {"path": "c.parquet"}, {"path": "saved"}]
-    result, lineage, run = run_curate(tmp_path, sources)
+    result, lineage, run = run_curate(tmp_path, sources, 13)
     counts = lineage.verdict_counts(run)
     files = {f["path"].rsplit("/", 1)[-1]: f["rows"] for f in result.files}
     assert files == {"a.json": 5, "b.csv": 2, "c.parquet": 3, "saved": 3}
-    assert sum(counts.values()) == 13 == result.n_input
-    assert counts["accepted"] + sum(n for k, n in counts.items() if k != "accepted") == 13
     assert counts["exact_duplicate"] == 2  # the saved dataset repeats rows 1-2 of a.json
     assert counts["schema"] == 4  # broken JSON, wrong type, empty CSV row, empty answer
     raw = {r["source_row"]: r["raw"] for r in lineage.query(
@@ -204,7 +212,7 @@ def test_conservation_on_every_input_format(tmp_path):
 def test_recorded_run_streams_verdicts_and_spools_accepted_rows(tmp_path):
     write_jsonl(tmp_path / "s.jsonl", [{"instruction": text(i, 8), "output": f"ok {i}"}
                                        for i in range(30)])
-    result, *_ = run_curate(tmp_path, [{"path": "s.jsonl"}])
+    result, *_ = run_curate(tmp_path, [{"path": "s.jsonl"}], 30)
     assert isinstance(result.accepted, AcceptedRecords) and isinstance(result.verdicts, RunVerdicts)
     assert len(result.accepted) == 30 and result.accepted[-1].source_row == 30
     assert [v.source_row for v in result.verdicts] == list(range(1, 31))
@@ -217,36 +225,25 @@ def test_recorded_run_streams_verdicts_and_spools_accepted_rows(tmp_path):
 def test_batch_expectations_block_the_run_with_a_clear_message(tmp_path):
     write_jsonl(tmp_path / "syn.jsonl", [{"instruction": text(i, 8), "output": f"ok {i}"}
                                          for i in range(10)])
+    cfg = make_config(tmp_path, [{"path": "syn.jsonl", "origin": "synthetic"}])
+    lineage = Lineage(tmp_path / "l.duckdb")
+    run = lineage.start_run("curate", cfg.config_hash(), "{}")
     with pytest.raises(CurationError) as exc:
-        run_curate(tmp_path, [{"path": "syn.jsonl", "origin": "synthetic"}])
+        curate(cfg, lineage, run)
+    assert assert_conserved(lineage, run, 10) == {"accepted": 10}  # verdicts kept to look at
     message = str(exc.value)
     assert "batch expectations failed" in message and "is_synthetic" in message
-    assert "gx/index.html" in message
+    assert "gx/validations/" in message  # the result page itself (the index needs CDN scripts)
     report = next((tmp_path / "reports").glob("*/quality.html"))
     assert "FAIL" in report.read_text()
 
 
-def test_shipped_sample_yields_enough_accepted_rows(tmp_path):
-    import shutil
-    from pathlib import Path
-
-    from tunegate.config import load_config, parse_config
-
-    repo = Path(__file__).resolve().parent.parent
-    if not (repo / "datasets/raw/tickets_human.jsonl").is_file():
-        pytest.skip("sample data not generated")
-    cfg = load_config(repo / "pipeline.yaml")
-    data = cfg.model_dump()
-    data["workspace"] = str(tmp_path / "ws")
-    cfg = parse_config(data, root=repo)
+def test_too_few_accepted_rows_block_the_run(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", rows())
+    cfg = make_config(tmp_path, [], data={"sources": [{"path": "a.jsonl"}], "min_accepted_rows": 6},
+                      contracts={"batch_suite": None})  # the GX row count would block first
     lineage = Lineage(tmp_path / "l.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
-    try:
-        result = curate(cfg, lineage, run)
-    finally:
-        shutil.rmtree(repo / "reports" / run, ignore_errors=True)
-    assert len(result.accepted) >= 300
-    counts = result.reasons
-    assert counts.get("exact_duplicate", 0) >= 9 and counts.get("near_duplicate", 0) >= 2
-    assert counts.get("contamination", 0) == 0  # the held-out set was decontaminated
-    assert sum(counts.values()) == result.n_input
+    with pytest.raises(CurationError, match=r"only 5 of 9 rows accepted \(data.min_accepted_rows"):
+        curate(cfg, lineage, run)
+    assert assert_conserved(lineage, run, 9)["accepted"] == 5

@@ -15,8 +15,10 @@ Known defects and how they show up:
   -> 14 `exact_duplicate`.
 """
 
+import json
+
 import pytest
-from conftest import SHARED_DATA, make_config
+from conftest import SHARED_DATA, assert_conserved, make_config
 
 from tunegate.curate import curate
 from tunegate.lineage import Lineage
@@ -50,7 +52,10 @@ def real_run(tmp_path_factory):
 
 def test_conservation_on_real_files(real_run):
     result, lineage, run, _ = real_run
-    assert result.n_input == 252 + 805 + 999 == sum(lineage.verdict_counts(run).values())
+    written = sum(len(f.read_text().splitlines()) for f in (SELF_INSTRUCT,))
+    written += sum(len(json.loads(f.read_text())) for f in (NULL_MODEL, ALPACA_DEMO))
+    assert written == 252 + 805 + 999 == result.n_input
+    assert_conserved(lineage, run, written)
     assert {f["rows"] for f in result.files} == {252, 805, 999}
 
 

@@ -1,4 +1,5 @@
-"""Held-out evaluation: scoring, prompt parity with training, and an end-to-end run.
+"""Evaluation: held-out scoring, prompt parity with training, end-to-end runs of the held-out
+task and the general suite, and the base-model cache key.
 
 The end-to-end tests use a tiny randomly initialised Llama saved with the real SmolLM2
 tokenizer (read from the embedded GGUF, ~8 s once per module): real prompts, fast model.
@@ -8,13 +9,25 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tunegate.config import parse_config
-from tunegate.evaluate import METRICS, TASK, TASK_YAML, EvalError, evaluate_heldout, run_task
-from tunegate.models import BaseModel
+from tunegate.evaluate import (
+    LOGLIK_TASK,
+    METRICS,
+    TASK,
+    TASK_YAML,
+    EvalError,
+    cache_key,
+    evaluate,
+    general_tasks,
+    heldout_tasks,
+    run_tasks,
+)
+from tunegate.models import BaseModel, sha256_dir
 
 # The system message of the training chats; the eval must send exactly this.
 SYSTEM = "Classify the support ticket. Reply with JSON only, keys: intent, priority, order_id."
@@ -162,11 +175,19 @@ def test_prompt_is_the_training_prompt(tokenizer, tiny_model_dir, tmp_path):
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM
 
-    heldout = write_heldout(tmp_path / "heldout.jsonl")
+    write_heldout(tmp_path / "heldout.jsonl")
+    config = make_config(tmp_path, heldout_path="heldout.jsonl", max_new_tokens=2, batch_size=2)
+    generate, loglik = heldout_tasks(config)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    results, _ = run_task(model, tokenizer, heldout, batch_size=2, max_new_tokens=2, limit=None)
+    results, _ = run_tasks(model, tokenizer, [generate])
     prompts = {s["doc"]["ticket"]: s["arguments"][0][0] for s in results["samples"][TASK]}
     assert len(prompts) == len(ROWS)
+    # The reference log-likelihood sees the same prompt, the reference appended verbatim.
+    results, _ = run_tasks(model, tokenizer, [loglik])
+    scored = {s["doc"]["ticket"]: s["arguments"][0] for s in results["samples"][LOGLIK_TASK]}
+    for ticket, (context, continuation) in scored.items():
+        assert context == prompts[ticket]
+        assert continuation == next(target(*r[1:]) for r in ROWS if r[0] == ticket)
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
     for ticket, intent, priority, order_id in ROWS:
@@ -194,8 +215,10 @@ def test_evaluate_heldout_end_to_end(tiny_model_dir, tiny_adapter_dir, tmp_path)
     )
     base = BaseModel(ref=str(tiny_model_dir), path=tiny_model_dir, sha256="tiny")
 
-    outcome = evaluate_heldout(config, base, None, "base")
+    outcome, loglik = evaluate(base, None, "base", heldout_tasks(config))
     assert (outcome.subject, outcome.task, outcome.n) == ("base", TASK, 4)
+    assert (loglik.task, loglik.n, loglik.primary) == (LOGLIK_TASK, 4, "ref_loglik")
+    assert loglik.metrics["ref_loglik"][0] < 0 and loglik.metrics["ref_loglik"][1] > 0
     assert set(outcome.metrics) == set(METRICS)
     for value, stderr in outcome.metrics.values():
         assert 0.0 <= value <= 1.0
@@ -205,14 +228,49 @@ def test_evaluate_heldout_end_to_end(tiny_model_dir, tiny_adapter_dir, tmp_path)
     assert outcome.samples[0][2] == target(*ROWS[0][1:])
     assert outcome.seconds > 0
 
-    adapted = evaluate_heldout(config, base, tiny_adapter_dir, "adapter")
+    adapted, adapted_loglik = evaluate(base, tiny_adapter_dir, "adapter", heldout_tasks(config))
     assert (adapted.subject, adapted.n) == ("adapter", 4)
     # The adapter must be applied, not silently ignored.
     assert [s[1] for s in adapted.samples] != [s[1] for s in outcome.samples]
+    assert [s.score for s in adapted_loglik.samples] != [s.score for s in loglik.samples]
 
 
 def test_missing_heldout_file_names_the_path(tmp_path):
     config = make_config(tmp_path, heldout_path="nowhere/heldout.jsonl")
-    base = BaseModel(ref="unused", path=tmp_path, sha256="unused")
     with pytest.raises(EvalError, match=str(tmp_path / "nowhere" / "heldout.jsonl")):
-        evaluate_heldout(config, base, None, "base")
+        heldout_tasks(config)
+
+
+# --- (d) the general suite on the tiny model -----------------------------------------------
+
+
+def test_general_suite_scores_every_item_of_the_shipped_files(tiny_model_dir, tmp_path):
+    config = make_config(tmp_path, general={"limit": 6, "batch_size": 8})
+    base = BaseModel(ref=str(tiny_model_dir), path=tiny_model_dir, sha256="tiny")
+    outcomes = evaluate(base, None, "base", general_tasks(config))
+
+    names = ["tunegate_piqa", "tunegate_arc_easy", "tunegate_hellaswag"]
+    assert [o.task for o in outcomes] == names
+    for o in outcomes:
+        assert o.n == 6 and o.primary == "acc_norm"
+        assert set(o.metrics) == {"acc", "acc_norm"}
+        assert all(stderr is not None for _, stderr in o.metrics.values())
+        first = o.samples[0]
+        assert first.item_id.startswith(o.task.removeprefix("tunegate_") + "-")
+        assert set(first.scores) == {"acc", "acc_norm"} and first.score == first.scores["acc_norm"]
+        assert sum(s.score for s in o.samples) / o.n == pytest.approx(o.metrics["acc_norm"][0])
+    piqa = outcomes[0].samples[0]  # zero-shot, lm-eval's PIQA prompt, the choice after a space
+    assert piqa.prompt.startswith("Question: ") and piqa.prompt.endswith("\nAnswer:")
+    assert (piqa.score == 1.0) == (piqa.prediction == piqa.target)
+
+
+def test_cache_key_changes_with_what_the_scores_depend_on(tiny_model_dir, tmp_path):
+    base = BaseModel(str(tiny_model_dir), tiny_model_dir, sha256_dir(tiny_model_dir))
+    piqa = general_tasks(make_config(tmp_path, general={"limit": 10}))[0]
+    key = cache_key(piqa, base)
+    assert cache_key(piqa, base) == key
+    assert cache_key(general_tasks(make_config(tmp_path, general={"limit": 20}))[0], base) != key
+    assert cache_key(piqa, BaseModel(base.ref, base.path, "other weights")) != key
+    data = tmp_path / "piqa.jsonl"
+    data.write_text(piqa.data.read_text().replace("Question", "Q", 1))
+    assert cache_key(replace(piqa, data=data), base) != key

@@ -1,13 +1,25 @@
+"""Ingest: every row of every file becomes one record or one `schema` rejection, streamed.
+
+Conservation starts here: each test checks that a file's rows come out one item each.
+"""
+
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from tunegate.ingest import Rejected, detect_format, ingest_file, to_messages
-from tunegate.records import Record
-
 from conftest import write_jsonl
+
+import tunegate.ingest as ingest_module
+from tunegate.ingest import (
+    Rejected,
+    detect_format,
+    ingest_file,
+    read_rows,
+    source_files,
+    to_messages,
+)
+from tunegate.records import Record
 
 
 def test_formats_convert_to_canonical_messages():
@@ -34,7 +46,7 @@ def test_bad_rows_become_rejections_naming_file_row_and_field(tmp_path):
         [1, 2],
     ])
     items = list(ingest_file(path, "auto", "human"))
-    assert isinstance(items[0], Record)
+    assert len(items) == 5 and isinstance(items[0], Record)
     rejected = [i for i in items if isinstance(i, Rejected)]
     assert [r.row for r in rejected] == [2, 3, 4, 5]
     assert "not valid JSON" in rejected[0].detail and f"{path}:2" in rejected[0].detail
@@ -67,9 +79,6 @@ def test_row_origin_overrides_source_origin(tmp_path):
 
 # --- streaming, saved datasets, field mappings, line numbers and raw text ---------------------
 
-import tunegate.ingest as ingest_module  # noqa: E402
-from tunegate.ingest import read_rows, source_files  # noqa: E402
-
 
 def test_json_array_streams_in_small_chunks_and_skips_a_broken_element(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest_module, "_CHUNK", 7)  # force many refills mid-element
@@ -88,7 +97,7 @@ def test_json_array_streams_in_small_chunks_and_skips_a_broken_element(tmp_path,
 def test_json_file_of_json_lines_and_unterminated_array(tmp_path):
     (tmp_path / "l.json").write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "q"}\n')
     items = list(ingest_file(tmp_path / "l.json", "auto", "human"))
-    assert isinstance(items[0], Record) and isinstance(items[1], Rejected)
+    assert len(items) == 2 and isinstance(items[0], Record) and isinstance(items[1], Rejected)
     assert items[1].detail.endswith("field 'completion': missing") and ":2" in items[1].detail
     (tmp_path / "u.json").write_text('[{"prompt": "p", "completion": "c"}, {"prompt": "unter')
     out = list(read_rows(tmp_path / "u.json"))
@@ -101,6 +110,7 @@ def test_field_mapping_reads_a_renamed_answer(tmp_path):
         {"prompt": "full", "instruction": "Do it.", "input": "x"},
     ])
     items = list(ingest_file(path, "alpaca", "human", {"output": "response"}))
+    assert len(items) == 2
     assert items[0].messages == (("user", "Do it.\n\nx"), ("assistant", "done"))
     assert isinstance(items[1], Rejected) and items[1].field == "response"
 
@@ -128,6 +138,7 @@ def test_messages_with_top_level_system_and_csv_json_cells(tmp_path):
         'messages\n"[{""role"": ""user"", ""content"": ""u""}, '
         '{""role"": ""assistant"", ""content"": ""a""}]"\nnot json\n')
     items = list(ingest_file(tmp_path / "m.csv", "messages", "human"))
+    assert len(items) == 2
     assert items[0].messages == (("user", "u"), ("assistant", "a"))
     assert isinstance(items[1], Rejected) and "not JSON" in items[1].message
 
@@ -136,3 +147,16 @@ def test_empty_turn_list_is_a_schema_error(tmp_path):
     path = write_jsonl(tmp_path / "e.jsonl", [{"messages": []}])
     (rej,) = ingest_file(path, "auto", "human")
     assert isinstance(rej, Rejected) and rej.message == "no turns"
+
+
+def test_a_row_of_no_known_format_is_a_schema_error_naming_its_keys(tmp_path):
+    path = write_jsonl(tmp_path / "u.jsonl", [
+        {"question": "q", "answer": "a"},
+        {"prompt": "p", "completion": "c"},
+        {"question": "q2"},
+    ])  # fmt: skip
+    items = list(ingest_file(path, "auto", "human"))
+    assert len(items) == 3 and isinstance(items[1], Record)
+    assert [i.row for i in items if isinstance(i, Rejected)] == [1, 3]
+    assert items[0].detail == f"{path}:1: field '<row>': unknown format (keys: answer, question)"
+    assert items[0].raw == '{"question": "q", "answer": "a"}'

@@ -52,7 +52,7 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
         tmp_path,
         str(tiny_base_model.path),
         train={"learning_rate": 0.0, "max_steps": 2, "logging_steps": 1},
-        eval_={"max_items": 8, "max_new_tokens": 8},
+        eval_={"max_items": 8, "max_new_tokens": 8, "general": {"limit": 8}},
     )
     proc = tunegate("run", str(config), cwd=tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr  # 3: refused, not crashed
@@ -63,6 +63,10 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
     gates = query(tmp_path, "SELECT gate, passed, reason FROM gate_results")
     assert gates and not all(passed for _, passed, _ in gates)
     assert any("gain" in reason for _, _, reason in gates)
+    verdicts = {gate: passed for gate, passed, _ in gates}  # a no-op adapter forgets nothing
+    assert verdicts == {"heldout_gain": False, "general_piqa": True, "general_arc_easy": True,
+                        "general_hellaswag": True}  # fmt: skip
+    assert list((tmp_path / "reports").glob("run-*/eval.html"))
     assert query(tmp_path, "SELECT count(*) FROM aliases")[0][0] == 0  # nothing promoted
     (inputs, verdicts) = query(
         tmp_path,

@@ -1,11 +1,11 @@
 """The quality report renders (headless Chromium when installed) and the CLI exports rows."""
 
 import json
-import shutil
-import subprocess
+import re
 
 import pytest
-from conftest import make_config, write_jsonl
+from browser import chromium, is_blank, needs_chromium
+from conftest import assert_conserved, make_config, write_jsonl
 from typer.testing import CliRunner
 
 from tunegate.cli import app
@@ -27,7 +27,10 @@ def curated(tmp_path):
     cfg = make_config(tmp_path, [{"path": "rows.jsonl"}])
     lineage = Lineage(cfg.workspace_dir / "lineage.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
-    return curate(cfg, lineage, run), cfg, run
+    result = curate(cfg, lineage, run)
+    counts = assert_conserved(lineage, run, len(ROWS))
+    assert counts == {"accepted": 2, "exact_duplicate": 1, "schema": 2}
+    return result, cfg, run
 
 
 def test_report_has_every_section(curated):
@@ -43,25 +46,34 @@ def test_report_has_every_section(curated):
     assert "cut off" in html  # the raw text of the row that did not parse
 
 
-def test_report_renders_in_headless_chromium(curated, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+def test_every_local_link_of_the_report_resolves(curated):
     result, _, _ = curated
-    shot = tmp_path / "report.png"
-    profile = tmp_path / "chromium-profile"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", "--window-size=1280,2400",
-                    f"--screenshot={shot}", result.report.as_uri()],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    from PIL import Image
+    html = result.report.read_text()
+    links = [h for h in re.findall(r"href='([^']+)'", html) if not h.startswith(("http", "#"))]
+    assert "gx/index.html" in links and any(h.startswith("gx/validations/") for h in links)
+    assert all((result.report.parent / h).is_file() for h in links), links
 
-    with Image.open(shot) as img:
-        assert img.size == (1280, 2400)
-        colours = img.convert("RGB").resize((64, 120)).getcolors(64 * 120)
-    assert colours is not None and len(colours) > 20  # text and charts, not a blank page
+
+@needs_chromium
+def test_report_and_data_docs_render_in_headless_chromium(curated, tmp_path):
+    """The page a person opens: sections, decoded charts, and the GX links followed offline."""
+    result, _, _ = curated
+    with chromium(tmp_path / "profile") as browser:
+        browser.get(result.report.as_uri())
+        assert browser.text("h1").startswith("Data quality report")
+        headings = set(browser.texts("h2"))
+        assert {"Examples per reason", "Batch expectations (Great Expectations)"} <= headings
+        widths = browser.script("return [...document.images].map(e => e.naturalWidth)")
+        assert len(widths) == 2 and min(widths) > 0  # funnel chart and length histogram decode
+        assert not is_blank(browser.screenshot(tmp_path / "report.png"))
+        browser.click("a[href^='gx/validations/']")  # this run's GX validation result
+        page = browser.script("return document.body.innerText")
+        assert "Expectation Validation Result" in page and "Succeeded" in page
+        assert "values must be unique" in page  # an expectation of schemas/curated_batch.json
+        assert not is_blank(browser.screenshot(tmp_path / "validation.png"))
+        browser.get(result.report.as_uri())
+        browser.click("a[href='gx/index.html']")  # its tables need CDN scripts: headings offline
+        assert "Validation Results" in browser.script("return document.body.innerText")
 
 
 def test_verdicts_cli_lists_filters_and_exports_rejected_rows(curated, tmp_path):
@@ -78,3 +90,35 @@ def test_verdicts_cli_lists_filters_and_exports_rejected_rows(curated, tmp_path)
     assert rows[4]["raw"] == '{"instruction": "cut off' and "not valid JSON" in rows[4]["detail"]
     assert rows[2]["reason"] == "exact_duplicate" and rows[2]["duplicate_of"].endswith(":1")
     assert json.loads(rows[5]["raw"])["output"] == "" and rows[5]["stage"] == "contract"
+
+
+def test_curate_cli_then_inspect_a_row_of_that_run(tmp_path, embedded_model_dir):
+    """`tunegate curate CONFIG` as a user runs it, then `tunegate inspect` on a row it accepted."""
+    synthetic = {"messages": [{"role": "user", "content": "Where is order A12345?"},
+                              {"role": "assistant", "content": "Let me check. I hope this helps!"}],
+                 "origin": "synthetic"}  # fmt: skip
+    write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    write_jsonl(tmp_path / "synthetic.jsonl", [synthetic])
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "workspace: ws\ndata: {sources: [{path: rows.jsonl}, {path: synthetic.jsonl}], "
+        "min_accepted_rows: 1}\n"
+        f"model: {{base_model: {embedded_model_dir}}}\n"
+        "contracts: {batch_suite: null}\n"  # GX passes or fails on its own bounds; not under test
+    )
+    out = CliRunner().invoke(app, ["curate", str(config)])
+    assert out.exit_code == 0, out.output
+    lineage = Lineage(tmp_path / "ws" / "lineage.duckdb")
+    run = lineage.query("SELECT run_id FROM runs WHERE flow = 'curate'")[0]["run_id"]
+    counts = assert_conserved(lineage, run, len(ROWS) + 1)
+    assert counts == {"accepted": 2, "exact_duplicate": 1, "schema": 2, "review_pending": 1}
+    printed = " ".join(out.output.split())  # rich wraps lines at the terminal width
+    assert re.search(rf"curation {run} ?: 6 rows", printed) and "funnel per stage" in printed
+    assert (tmp_path / "reports" / run / "quality.html").is_file() and "quality.html" in printed
+    assert f"tunegate review serve --run {run}" in printed  # the boilerplate answer waits
+    accepted = lineage.query("SELECT record_id FROM row_verdicts WHERE run_id = ? AND "
+                             "status = 'accepted' ORDER BY source_row", [run])  # fmt: skip
+    shown = CliRunner().invoke(app, ["inspect", accepted[0]["record_id"][:12], "-c", str(config)])
+    assert shown.exit_code == 0, shown.output
+    assert "Blue is a colour people often name first.<|im_end|>" in shown.output
+    assert "stop token trained" in shown.output

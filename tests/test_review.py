@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import socket
 import subprocess
-import threading
+import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_config, write_jsonl
+from browser import chromium, free_port, is_blank, needs_chromium, wait_http
+from conftest import assert_conserved, make_config, write_jsonl
 from fastapi.testclient import TestClient
 
 from tunegate.curate import CurationError, curate
@@ -54,9 +51,7 @@ SYNTHETIC = [
 
 
 def conserved(lineage: Lineage, run: str, n: int = 11) -> dict[str, int]:
-    counts = lineage.verdict_counts(run)
-    assert sum(counts.values()) == n, counts
-    return counts
+    return assert_conserved(lineage, run, n)
 
 
 @pytest.fixture()
@@ -287,122 +282,42 @@ def test_review_page_and_api(queued):
                                        "synthetic_rejected": 1}  # fmt: skip
 
 
-# -- the page in a real browser (headless Chromium driven through chromedriver's WebDriver API) --
-
-CHROMIUM = (
-    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-)
-CHROMEDRIVER = shutil.which("chromedriver")
-ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
+# -- the page in a real browser: `tunegate review serve` and headless Chromium ------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-class WebDriver:
-    """The few W3C WebDriver commands the test needs, over plain HTTP."""
-
-    def __init__(self, url: str, profile: Path):
-        self.url = url
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={profile}"]  # fmt: skip
-        caps = {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}
-        self.session = self._call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})[
-            "sessionId"
-        ]
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.load(resp)["value"]
-
-    def cmd(self, method: str, path: str, body: dict | None = None):
-        return self._call(method, f"/session/{self.session}{path}", body)
-
-    def get(self, url: str) -> None:
-        self.cmd("POST", "/url", {"url": url})
-
-    def find(self, css: str) -> str:
-        return self.cmd("POST", "/element", {"using": "css selector", "value": css})[ELEMENT]
-
-    def type(self, css: str, text: str) -> None:
-        element = self.find(css)
-        self.cmd("POST", f"/element/{element}/clear", {})
-        self.cmd("POST", f"/element/{element}/value", {"text": text})
-
-    def click(self, css: str) -> None:
-        self.cmd("POST", f"/element/{self.find(css)}/click", {})
-
-    def text(self, css: str) -> str:
-        return self.cmd("GET", f"/element/{self.find(css)}/text")
-
-    def quit(self) -> None:
-        self.cmd("DELETE", "")
-
-
-@pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver not installed"
-)
+@needs_chromium
 def test_review_page_in_headless_chromium(queued, tmp_path):
-    import uvicorn
-
-    _cfg, lineage, run, _ = queued
+    cfg, lineage, run, _ = queued
     ids = items_by_row(lineage, run)
-    port, driver_port = free_port(), free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(lineage), "127.0.0.1", port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    chromedriver = subprocess.Popen(
-        [CHROMEDRIVER, f"--port={driver_port}"], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env={**os.environ},
+    port = free_port()
+    server = subprocess.Popen(  # the real command, in its own process, as a reviewer starts it
+        [sys.executable, "-m", "tunegate.cli", "review", "serve", "-w", str(cfg.workspace_dir),
+         "--run", run, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
     )  # fmt: skip
-    browser = None
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        wait_http(f"http://127.0.0.1:{driver_port}/status")
-        browser = WebDriver(f"http://127.0.0.1:{driver_port}", tmp_path / "chromium-profile")
-        browser.get(f"http://127.0.0.1:{port}/")
-        assert browser.text("#pending-count") == "3"
-        # 1. accept row 2
-        browser.type(f"#reviewer-{ids[2]}", "alice")
-        browser.click(f"#accept-{ids[2]}")
-        assert browser.text("#pending-count") == "2"
-        assert browser.text("#done") == f"saved decision on {ids[2]}"
-        # 2. reject row 3 (the reviewer name is kept from the last decision)
-        browser.type(f"#note-{ids[3]}", "AI boilerplate in the label")
-        browser.click(f"#reject-{ids[3]}")
-        assert browser.text("#pending-count") == "1"
-        # 3. edit row 5's answer and accept it
-        browser.type(f"#content-{ids[5]}-2", '{"intent": "change_address"}')
-        browser.click(f"#edit-{ids[5]}")
-        assert browser.text("#empty") == "Nothing pending."
+        with chromium(tmp_path / "chromium-profile") as browser:
+            browser.get(f"http://127.0.0.1:{port}/")
+            assert browser.text("#pending-count") == "3"
+            assert not is_blank(browser.screenshot(tmp_path / "review.png"))
+            # 1. accept row 2
+            browser.type(f"#reviewer-{ids[2]}", "alice")
+            browser.click(f"#accept-{ids[2]}")
+            assert browser.text("#pending-count") == "2"
+            assert browser.text("#done") == f"saved decision on {ids[2]}"
+            # 2. reject row 3 (the reviewer name is kept from the last decision)
+            browser.type(f"#note-{ids[3]}", "AI boilerplate in the label")
+            browser.click(f"#reject-{ids[3]}")
+            assert browser.text("#pending-count") == "1"
+            # 3. edit row 5's answer and accept it
+            browser.type(f"#content-{ids[5]}-2", '{"intent": "change_address"}')
+            browser.click(f"#edit-{ids[5]}")
+            assert browser.text("#empty") == "Nothing pending."
     finally:
-        if browser is not None:
-            browser.quit()
-        chromedriver.terminate()
-        chromedriver.wait(timeout=30)
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert f"review page at http://127.0.0.1:{port}/" in output
     queue = {r["source_row"]: r for r in lineage.review_items(run, None)}
     assert [(queue[k]["status"], queue[k]["reviewer"]) for k in (2, 3, 5)] == [
         ("accepted", "alice"), ("rejected", "alice"), ("accepted", "alice")]  # fmt: skip
@@ -415,8 +330,6 @@ def test_review_page_in_headless_chromium(queued, tmp_path):
 
 def test_a_second_process_holding_the_database_is_waited_for(queued):
     """The review server and a paused flow are separate processes sharing one DuckDB file."""
-    import sys
-
     _cfg, lineage, run, _ = queued
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import make_config, write_jsonl
+from conftest import assert_conserved, make_config, write_jsonl
 from typer.testing import CliRunner
 
 from tunegate.cli import app
@@ -169,12 +169,16 @@ def test_curation_runs_the_template_gate_with_a_tokenizer(tokenizer, tmp_path):
     lineage = Lineage(tmp_path / "l.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
     result = curate(cfg, lineage, run, tokenizer=tokenizer)
-    assert lineage.verdict_counts(run) == {"accepted": 18, "template": 1}
+    assert assert_conserved(lineage, run, 19) == {"accepted": 18, "template": 1}
     assert result.template == {"checked": 19.0, "rejected": 1.0, "share": 1 / 19}
+    first = tokenizer("Where is order A00000?\nOrder A00000 ships soon.", add_special_tokens=False)
+    assert result.stats.tokens_before[0] == len(first["input_ids"])  # the report's token lengths
+    assert len(result.stats.tokens_before) == 19 and len(result.stats.tokens_after) == 18
+    assert "base-model tokens (message contents): before median" in result.report.read_text()
     # without a tokenizer (the old call) the same rows all pass: nothing renders them
     run2 = lineage.start_run("curate", cfg.config_hash(), "{}")
     curate(cfg, lineage, run2)
-    assert lineage.verdict_counts(run2) == {"accepted": 19}
+    assert assert_conserved(lineage, run2, 19) == {"accepted": 19}
 
 
 def test_too_many_template_rejections_block_the_run(tokenizer, tmp_path):
@@ -184,10 +188,11 @@ def test_too_many_template_rejections_block_the_run(tokenizer, tmp_path):
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
     with pytest.raises(CurationError, match=r"template checks rejected 2 of 10 rows \(20.0%\)"):
         curate(cfg, lineage, run, tokenizer=tokenizer)
-    assert sum(lineage.verdict_counts(run).values()) == 10  # the verdicts are kept to look at
+    assert assert_conserved(lineage, run, 10) == {"accepted": 8, "template": 2}  # kept to look at
     relaxed = config(tmp_path, template={"max_rejected_share": 0.25})
     run2 = lineage.start_run("curate", relaxed.config_hash(), "{}")
     curate(relaxed, lineage, run2, tokenizer=tokenizer)
+    assert assert_conserved(lineage, run2, 10) == {"accepted": 8, "template": 2}
     assert set(TEMPLATE_REASONS) >= {"template", "too_long", "double_bos", "loss_mask"}
 
 
@@ -215,7 +220,9 @@ def test_inspect_cli_prints_the_row_and_counts(tmp_path, embedded_model_dir):
 
     cfg = load_config(cfg_path)
     lineage = Lineage(cfg.workspace_dir / "lineage.duckdb")
-    curate(cfg, lineage, lineage.start_run("curate", cfg.config_hash(), "{}"))
+    run = lineage.start_run("curate", cfg.config_hash(), "{}")
+    curate(cfg, lineage, run)
+    assert_conserved(lineage, run, 1)
     record_id = lineage.query("SELECT record_id FROM records")[0]["record_id"]
     out = CliRunner().invoke(app, ["inspect", record_id[:10], "-c", str(cfg_path),
                                    "--model", str(embedded_model_dir)])  # fmt: skip

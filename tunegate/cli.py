@@ -74,10 +74,13 @@ def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
     table.add_column("")
     table.add_row("rows in / accepted / rejected", f"{rows['in']} / {rows['accepted']} / {rows['rejected']}")
     table.add_row(f"held-out {held['metric']} base → adapter", f"{held['base']:.3f} → {held['adapter']:.3f}")
+    for task, score in summary["general"].items():
+        table.add_row(f"{task} base → adapter", f"{score['base']:.3f} → {score['adapter']:.3f}")
     table.add_row("gate", summary["gate"])
     table.add_row("adapter id", str(summary["adapter_id"]))
     table.add_row("decision", summary["reason"])
     table.add_row("report", summary["report"])
+    table.add_row("eval report", summary["eval_report"])
     console.print(table)
     if not summary["promoted"]:
         raise typer.Exit(3)
@@ -301,6 +304,134 @@ def review_import(
     for line in summary.errors:
         err.print(f"[red]{line}[/red]")
     if summary.errors:
+        raise typer.Exit(1)
+
+
+# -- registry: aliases, promotion, rollback, and the release gate ---------------------------
+AliasOpt = Annotated[str, typer.Option("--alias", "-a", help="Registry alias.")]
+AdapterArg = Annotated[str, typer.Argument(help="Adapter id (a unique prefix) or directory.")]
+
+
+def _decision_exit(decision: Any) -> None:
+    """Print a registry decision; a refusal exits 3, as `tunegate run` does."""
+    colour = "green" if decision.promoted else "red"
+    console.print(f"[{colour}]{decision.decision}[/{colour}] {decision.adapter_id[:12]} → "
+                  f"{decision.alias}: {decision.reason}", highlight=False)  # fmt: skip
+    if not decision.promoted:
+        raise typer.Exit(3)
+
+
+@app.command()
+def promote(
+    adapter: AdapterArg,
+    alias: AliasOpt = "production",
+    force: Annotated[bool, typer.Option(help="Promote despite failed or missing gates.")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why (required with --force).")] = None,
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Point an alias at an adapter whose gates all passed on its current files (3: refused)."""
+    from tunegate.registry import RegistryError
+    from tunegate.registry import promote as promote_adapter
+
+    try:
+        decision = promote_adapter(_lineage(workspace), adapter, alias, force=force, reason=reason)
+    except RegistryError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _decision_exit(decision)
+
+
+@app.command()
+def rollback(
+    alias: AliasOpt = "production",
+    reason: Annotated[str | None, typer.Option(help="Why, for the history.")] = None,
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Point an alias back at the adapter it held before (again: further back)."""
+    from tunegate.registry import RegistryError
+    from tunegate.registry import rollback as rollback_alias
+
+    try:
+        decision = rollback_alias(_lineage(workspace), alias, reason)
+    except RegistryError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _decision_exit(decision)
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="Aliases and their history.")
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("list")
+def registry_list(workspace: WorkspaceOpt = Path(".tunegate")) -> None:
+    """Every alias, the adapter it points at, and the decision that put it there."""
+    rows = [{"alias": r["alias"], "adapter": r["adapter_id"][:16], "since": r["updated_at"],
+             "by": r["actor"], "decision": r["decision"]}
+            for r in _lineage(workspace).aliases()]  # fmt: skip
+    console.print(_table("aliases", rows) if rows else "no alias points at an adapter yet")
+
+
+@registry_app.command("show")
+def registry_show(alias: Annotated[str, typer.Argument(help="Registry alias.")],
+                  workspace: WorkspaceOpt = Path(".tunegate")) -> None:  # fmt: skip
+    """An alias's adapter: path, files digest, its latest gates and whether it may ship."""
+    from tunegate.registry import release_check
+
+    lineage = _lineage(workspace)
+    entry = next((a for a in lineage.aliases() if a["alias"] == alias), None)
+    if entry is None:
+        err.print(f"[red]alias {alias!r} points at no adapter[/red]")
+        raise typer.Exit(1)
+    adapter = lineage.adapter(entry["adapter_id"])
+    console.print(f"[bold]{alias}[/bold] → {adapter['adapter_id']}\n  path {adapter['path']}\n"
+                  f"  files digest {entry['files_sha256']}\n  {entry['decision']} by "
+                  f"{entry['actor']} at {entry['updated_at']}: {entry['reason']}")  # fmt: skip
+    gates = lineage.latest_gates(adapter["adapter_id"])
+    console.print(_table("latest gates", [{k: g[k] for k in ("gate", "passed", "value",
+                                           "threshold", "reason")} for g in gates]))  # fmt: skip
+    check = release_check(lineage, alias=alias)
+    console.print(f"release gate: {'[green]pass' if check.ok else '[red]FAIL'}[/] {check.reason}")
+
+
+@registry_app.command("history")
+def registry_history(alias: Annotated[str, typer.Argument(help="Registry alias.")],
+                     workspace: WorkspaceOpt = Path(".tunegate")) -> None:  # fmt: skip
+    """Every decision about an alias, oldest first: promotions, forced ones, rollbacks, refusals."""
+    rows = [{"when": r["created_at"], "decision": r["decision"], "adapter": r["adapter_id"][:12],
+             "from": (r["previous_adapter_id"] or "")[:12], "by": r["actor"],
+             "reason": r["reason"]} for r in _lineage(workspace).alias_history(alias)]  # fmt: skip
+    console.print(_table(f"history of {alias}", rows) if rows else f"no decision about {alias!r}")
+
+
+gate_app = typer.Typer(no_args_is_help=True, help="The release gate for CI.")
+app.add_typer(gate_app, name="gate")
+
+
+@gate_app.command("check")
+def gate_check(
+    adapter: Annotated[str | None, typer.Argument(help="Adapter id or directory.")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", "-a", help="Registry alias.")] = None,
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Exit 0 only if the adapter's files match the registry and all its gates passed.
+
+    Otherwise exit 1 with a one-line reason on stderr: what a CI release job runs.
+    """
+    from tunegate.registry import RegistryError, release_check
+
+    if (adapter is None) == (alias is None):
+        err.print("give an ADAPTER or --alias, not both")
+        raise typer.Exit(2)
+    try:
+        check = release_check(_lineage(workspace), alias=alias, ref=adapter)
+    except RegistryError as exc:
+        err.print(f"release gate: FAIL {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    out = console if check.ok else err
+    out.print(f"release gate: {'pass' if check.ok else 'FAIL'} {check.reason}", markup=False,
+              highlight=False, soft_wrap=True)  # one line, however long: CI logs grep it
+    if not check.ok:
         raise typer.Exit(1)
 
 

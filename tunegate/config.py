@@ -311,6 +311,26 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1, description="Steps between loss records.")
 
 
+GeneralTask = Literal["piqa", "arc_easy", "hellaswag"]
+
+
+class GeneralEvalConfig(Section):
+    """General-capability suite: lm-eval log-likelihood multiple choice on shipped files."""
+
+    tasks: list[GeneralTask] = Field(
+        ["piqa", "arc_easy", "hellaswag"],
+        description="Tasks of `evals/tasks/general/` to run on base and adapter; [] skips the "
+        "suite (and its gates).",
+    )
+    limit: int | None = Field(
+        50, ge=1,
+        description="First N items per task (the files hold 500 each, in a fixed random order); "
+        "null: all. Bounds the run time: N x (2 + 4 + 4) log-likelihood requests per subject, "
+        "~1.3 s per N on 2 CPU cores for the embedded model.",
+    )  # fmt: skip
+    batch_size: int = Field(16, ge=1, description="Log-likelihood requests per forward pass.")
+
+
 class EvalConfig(Section):
     heldout_path: str = Field(
         "evals/data/heldout.jsonl", description="Held-out set of the project's own task."
@@ -318,6 +338,39 @@ class EvalConfig(Section):
     max_items: int | None = Field(None, ge=1, description="Evaluate only the first N items.")
     max_new_tokens: int = Field(48, ge=1, description="Generation budget per held-out item.")
     batch_size: int = Field(32, ge=1, description="Items per generation batch.")
+    general: GeneralEvalConfig = GeneralEvalConfig()
+    cache_base: bool = Field(
+        True,
+        description="Reuse the base model's scores from an earlier run when nothing they depend "
+        "on changed (base files, task files and data, settings, device, library versions).",
+    )
+
+
+class GeneralGateConfig(Section):
+    """No forgetting: per task, the adapter may not fall clearly below the base model."""
+
+    metric: Literal["acc", "acc_norm"] = Field(
+        "acc_norm", description="Per-item metric compared (acc_norm: length-normalised choice)."
+    )
+    max_drop: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="Largest tolerated drop below the base model (0.02 = 2 points). The gate "
+        "refuses only a drop beyond this that noise cannot explain: the paired-bootstrap upper "
+        "confidence bound of adapter minus base is below -max_drop.",
+    )  # fmt: skip
+    max_drop_per_task: dict[GeneralTask, float] = Field(
+        default_factory=dict, description="Per-task overrides of `max_drop`, e.g. {piqa: 0.05}."
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="One-sided confidence of the bound the gate reads."
+    )
+    bootstrap_iters: int = Field(
+        2000, ge=100, description="Paired bootstrap resamples of the items (seeded: repeatable)."
+    )
+
+    def drop_limit(self, task: str) -> float:
+        """The tolerated drop for one task (its override, else `max_drop`)."""
+        return self.max_drop_per_task.get(task, self.max_drop)  # type: ignore[call-overload]
 
 
 class GateConfig(Section):
@@ -325,6 +378,7 @@ class GateConfig(Section):
     min_heldout_gain: float = Field(
         0.2, description="Adapter minus base on the held-out metric must reach this."
     )
+    general: GeneralGateConfig = GeneralGateConfig()
 
 
 class PromoteConfig(Section):

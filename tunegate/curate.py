@@ -28,7 +28,12 @@ from tunegate.quality.expectations import SuiteResult, curated_frame, validate_b
 from tunegate.quality.funnel import AcceptedRecords, Funnel, FunnelStats, RunVerdicts
 from tunegate.quality.near_dup import NearDuplicates
 from tunegate.quality.report import write_quality_report
-from tunegate.quality.template import TemplateGateError, template_checks, template_gate
+from tunegate.quality.template import (
+    TemplateGateError,
+    content_tokens,
+    template_checks,
+    template_gate,
+)
 from tunegate.records import Record
 
 STAGE = "curate"
@@ -172,7 +177,7 @@ def curate(
     work = config.workspace_dir / "curation" / run_id
     work.mkdir(parents=True, exist_ok=True)
     stages = build_stages(config, work)
-    funnel = Funnel(stages, checks)
+    funnel = Funnel(stages, checks, count_tokens=content_tokens(tokenizer) if tokenizer else None)
     accepted_records = AcceptedRecords(work / "accepted.jsonl")
     result = CurationResult(accepted=accepted_records, verdicts=[], stats=funnel.stats)
     pending: list[Verdict] = []
@@ -224,7 +229,7 @@ def curate(
         failed = "\n".join(f"  - {o.describe()}" for o in result.suite.failures)
         raise CurationError(
             f"batch expectations failed ({result.suite.path}):\n{failed}\n"
-            f"see {result.suite.docs or result.report}"
+            f"see {result.suite.validation or result.suite.docs or result.report}"
         )
     if accepted < config.data.min_accepted_rows:
         raise CurationError(

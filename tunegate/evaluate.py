@@ -1,88 +1,166 @@
-"""Held-out evaluation: the project's own task, scored by lm-eval, for the base model or an adapter.
+"""Evaluation with lm-eval, offline: the held-out task and the general-capability suite.
 
-The task lives in `evals/tasks/heldout/` (YAML + scoring in `utils.py`). Its prompt is the
-training prompt: lm-eval applies the tokenizer's chat template to the task's system
-message and the ticket as the user turn, then adds the assistant header. Base and adapter
-are evaluated with the same tokenizer, task and settings, so their scores compare.
+Two groups of lm-eval tasks, run for one subject at a time (the base model, or base + adapter):
+
+- held-out (`evals/tasks/heldout/`): the project's own task with the training prompt (chat
+  template, system turn, ticket as the user turn): generated replies scored per field
+  (`tunegate_heldout`) and the log-likelihood of the reference answer
+  (`tunegate_heldout_loglik`);
+- general (`evals/tasks/general/`): PIQA, ARC-Easy and HellaSwag, zero-shot log-likelihood
+  multiple choice without a chat template, as their published scores are measured.
+
+Base and adapter run with the same tokenizer, tasks, items and settings, so their scores
+compare item by item (the general gate pairs them). Every task reads a file shipped in the
+repository or named by the config; nothing downloads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunegate.config import PipelineConfig
-from tunegate.models import BaseModel
+from tunegate.models import BaseModel, sha256_file
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+REPO = Path(__file__).resolve().parents[1]
+TASKS_DIR = REPO / "evals" / "tasks"
+GENERAL_DATA_DIR = REPO / "evals" / "data" / "general"
+
 TASK = "tunegate_heldout"
-TASK_YAML = Path(__file__).resolve().parents[1] / "evals" / "tasks" / "heldout" / "heldout.yaml"
+LOGLIK_TASK = "tunegate_heldout_loglik"
+TASK_YAML = TASKS_DIR / "heldout" / "heldout.yaml"
+LOGLIK_YAML = TASKS_DIR / "heldout" / "heldout_loglik.yaml"
 METRICS = ("field_accuracy", "json_valid", "exact_match")
+GENERAL_TASKS = ("piqa", "arc_easy", "hellaswag")
+GENERAL_METRICS = ("acc", "acc_norm")
 
 
 class EvalError(RuntimeError):
-    """The held-out evaluation cannot run (missing data or task files)."""
+    """An evaluation cannot run (missing data or task files, lm-eval returned nothing)."""
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One lm-eval task as tunegate runs it: definition, data file and run settings."""
+
+    name: str  # the lm-eval task name, e.g. "tunegate_piqa"
+    yaml: Path  # its definition in `evals/tasks/`
+    data: Path  # the file its `data_files` is pointed at
+    metrics: tuple[str, ...]  # metrics it reports, the first being each sample's `score`
+    chat: bool  # prompt through the chat template (held-out) or as plain text (general)
+    limit: int | None  # first N items of the file
+    batch_size: int
+    max_new_tokens: int | None = None  # generation tasks only
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    def settings(self) -> dict[str, Any]:
+        """What, besides the model and the files, decides this task's scores."""
+        return {"task": self.name, "chat": self.chat, "limit": self.limit,
+                "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens}  # fmt: skip
+
+
+class Sample(NamedTuple):
+    """One scored item: the prompt the model saw, its answer, the reference and the scores."""
+
+    item_id: str
+    prediction: str
+    target: str
+    score: float  # the task's primary metric
+    scores: dict[str, float]  # every metric of the item
+    prompt: str
 
 
 @dataclass(frozen=True)
 class EvalOutcome:
-    """Scores of one subject on the held-out task."""
+    """Scores of one subject on one task."""
 
     subject: str  # "base" or "adapter"
-    task: str  # "tunegate_heldout"
+    task: str
     metrics: dict[str, tuple[float, float | None]]  # name -> (value, stderr or None)
     n: int
-    samples: list[tuple[str, str, str, float]]  # (item id, prediction, target, field_accuracy)
-    seconds: float  # wall time of the lm-eval run (task load, generation, scoring)
+    samples: list[Sample]
+    seconds: float  # wall time of the lm-eval run this task was part of
+    primary: str  # the metric each sample's `score` holds
 
 
-def evaluate_heldout(
-    config: PipelineConfig, base: BaseModel, adapter_dir: Path | None, subject: str
-) -> EvalOutcome:
-    """Generate replies for the held-out items with the base model (+ adapter) and score them."""
-    # 1. Inputs: the held-out file from the config, everything offline.
+def heldout_tasks(config: PipelineConfig) -> list[EvalTask]:
+    """The held-out generation task and the reference log-likelihood, on `eval.heldout_path`."""
     heldout = config.resolve(config.eval.heldout_path)
     if not heldout.is_file():
         raise EvalError(f"held-out file not found: {heldout} (eval.heldout_path)")
-    if not TASK_YAML.is_file():
-        raise EvalError(f"held-out task definition not found: {TASK_YAML}")
+    e = config.eval
+    return [
+        EvalTask(TASK, TASK_YAML, heldout, METRICS, True, e.max_items, e.batch_size,
+                 e.max_new_tokens),
+        EvalTask(LOGLIK_TASK, LOGLIK_YAML, heldout, ("ref_loglik",), True, e.max_items,
+                 e.batch_size),
+    ]  # fmt: skip
+
+
+def general_tasks(config: PipelineConfig) -> list[EvalTask]:
+    """The general-capability suite of `eval.general.tasks`, gated metric first."""
+    g = config.eval.general
+    metric = config.gates.general.metric
+    metrics = (metric, *(m for m in GENERAL_METRICS if m != metric))
+    return [
+        EvalTask(f"tunegate_{name}", TASKS_DIR / "general" / f"{name}.yaml",
+                 GENERAL_DATA_DIR / f"{name}.jsonl", metrics, False, g.limit, g.batch_size)
+        for name in g.tasks
+    ]  # fmt: skip
+
+
+def evaluate(
+    base: BaseModel, adapter_dir: Path | None, subject: str, tasks: Sequence[EvalTask]
+) -> list[EvalOutcome]:
+    """Run `tasks` for the base model (+ adapter): one model load, one lm-eval call per group."""
+    # 1. Inputs: task definitions and data files, everything offline.
+    for task in tasks:
+        for path in (task.yaml, task.data):
+            if not path.is_file():
+                raise EvalError(f"{task.name}: {path} not found")
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    # 2. Model: base weights, wrapped in the adapter when there is one.
+    # 2. Model: base weights with the adapter merged in, when there is one.
     model, tokenizer = load_model(base.path, adapter_dir)
 
-    # 3. Run lm-eval on a copy of the task that points at this run's held-out file.
-    results, seconds = run_task(
-        model,
-        tokenizer,
-        heldout,
-        batch_size=config.eval.batch_size,
-        max_new_tokens=config.eval.max_new_tokens,
-        limit=config.eval.max_items,
-    )
-
-    # 4. Results into an EvalOutcome.
-    outcome = to_outcome(results, subject=subject, seconds=seconds)
-    print(
-        f"[eval] {subject}: {outcome.n} held-out items in {seconds:.1f} s "
-        f"({outcome.n / seconds:.2f} items/s, batch size {config.eval.batch_size})"
-    )
-    return outcome
+    # 3. One lm-eval run per group of tasks that share the prompt style and settings.
+    groups: dict[tuple[Any, ...], list[EvalTask]] = {}
+    for task in tasks:
+        key = (task.chat, task.limit, task.batch_size, task.max_new_tokens)
+        groups.setdefault(key, []).append(task)
+    outcomes = []
+    for group in groups.values():
+        results, seconds = run_tasks(model, tokenizer, group)
+        done = [to_outcome(results, task, subject=subject, seconds=seconds) for task in group]
+        report_speed(subject, done, results, seconds)
+        outcomes.extend(done)
+    return outcomes
 
 
 def load_model(
     model_dir: Path, adapter_dir: Path | None
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
-    """Model (fp32 on CPU, bf16 on CUDA) and tokenizer; the adapter wraps the model if given."""
+    """Model (fp32 on CPU, bf16 on CUDA) and tokenizer; an adapter is merged into the weights.
+
+    Merging makes the adapter's forward pass the base model's (no extra LoRA matmuls), so
+    both subjects cost the same to evaluate; lm-eval would ignore `peft=` for a model object.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,42 +171,41 @@ def load_model(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        # lm-eval ignores its own `peft=` argument for an in-memory model: wrap it here.
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     model.to("cuda" if cuda else "cpu")
     # The base tokenizer for both subjects: same prompt tokens, comparable scores.
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return model, tokenizer
 
 
-def run_task(
+def run_tasks(
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
-    heldout: Path,
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    limit: int | None,
+    tasks: Sequence[EvalTask],
 ) -> tuple[dict, float]:
-    """lm-eval's `simple_evaluate` on the held-out task; returns its results and wall seconds."""
+    """lm-eval's `simple_evaluate` on tasks that share their settings; results and seconds."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    first = tasks[0]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=first.batch_size)
+    gen = first.max_new_tokens  # generation tasks only (the groups never mix them with others)
     with tempfile.TemporaryDirectory(prefix="tunegate-eval-") as include_dir:
-        write_task_overlay(Path(include_dir), heldout)
+        for task in tasks:
+            write_task_overlay(Path(include_dir), task)
         # include_defaults=False: skip indexing lm-eval's ~14,700 built-in tasks (~10 s).
-        tasks = TaskManager(include_path=include_dir, include_defaults=False)
+        manager = TaskManager(include_path=include_dir, include_defaults=False)
         start = time.perf_counter()
         results = simple_evaluate(
             model=lm,
-            tasks=[TASK],
-            task_manager=tasks,
-            limit=limit,
+            tasks=[t.name for t in tasks],
+            task_manager=manager,
+            limit=first.limit,
             log_samples=True,
-            apply_chat_template=True,  # the training prompt: chat template + system turn
-            gen_kwargs={"max_gen_toks": max_new_tokens},  # merged into the task's own
+            apply_chat_template=first.chat,  # held-out: the training prompt, system turn included
+            gen_kwargs={"max_gen_toks": gen} if gen else None,  # merged into the task's own
+            bootstrap_iters=1000,  # > 0 for any stderr; mean metrics get the closed form
         )
         seconds = time.perf_counter() - start
     if results is None:
@@ -136,45 +213,93 @@ def run_task(
     return results, seconds
 
 
-def write_task_overlay(include_dir: Path, heldout: Path) -> Path:
-    """A task file that includes the repo's task YAML and only swaps in the held-out file.
+def write_task_overlay(include_dir: Path, task: EvalTask) -> Path:
+    """A task file that includes the repository's task YAML and only swaps in the data file.
 
     lm-eval resolves `include:` (and the `!function` references of the included file)
     relative to the included file, so the scoring code stays where it is.
     """
     overlay = {
-        "include": str(TASK_YAML),
-        "dataset_kwargs": {"data_files": {"test": str(heldout.resolve())}},
+        "include": str(task.yaml),
+        "task": task.name,
+        "dataset_kwargs": {"data_files": {"test": str(task.data.resolve())}},
     }
-    path = include_dir / f"{TASK}.yaml"
+    path = include_dir / f"{task.name}.yaml"
     path.write_text(json.dumps(overlay, indent=2))  # JSON is valid YAML, with safe quoting
     return path
 
 
-def to_outcome(results: dict, *, subject: str, seconds: float) -> EvalOutcome:
-    """lm-eval's results dict (with logged samples) as an EvalOutcome."""
-    scores = results["results"][TASK]
+def to_outcome(results: dict, task: EvalTask, *, subject: str, seconds: float) -> EvalOutcome:
+    """One task of lm-eval's results dict (with logged samples) as an EvalOutcome."""
+    scores = results["results"][task.name]
     metrics = {}
-    for name in METRICS:
+    for name in task.metrics:
         stderr = scores.get(f"{name}_stderr,none")
         metrics[name] = (
             float(scores[f"{name},none"]),
             None if stderr is None or stderr == "N/A" else float(stderr),
         )
-    samples = [
-        (
-            str(s["doc"].get("id", s["doc_id"])),
-            s["filtered_resps"][0],
-            s["target"],
-            float(s["field_accuracy"]),
-        )
-        for s in sorted(results["samples"][TASK], key=lambda s: s["doc_id"])
-    ]
-    return EvalOutcome(
-        subject=subject,
-        task=TASK,
-        metrics=metrics,
-        n=len(samples),
-        samples=samples,
-        seconds=seconds,
+    samples = [to_sample(s, task) for s in sorted(results["samples"][task.name],
+                                                  key=lambda s: s["doc_id"])]  # fmt: skip
+    return EvalOutcome(subject, task.name, metrics, len(samples), samples, seconds, task.primary)
+
+
+def to_sample(logged: dict, task: EvalTask) -> Sample:
+    """One logged lm-eval sample: what the model answered (the choice it picked, for
+    multiple choice, by the primary metric's rule) against the reference."""
+    doc = logged["doc"]
+    item_id = str(doc.get("id", logged["doc_id"]))
+    scores = {m: float(logged[m]) for m in task.metrics}
+    prompt = logged["arguments"][0][0]
+    if "choices" in doc:  # multiple choice: one (log-likelihood, is_greedy) per choice
+        lls = [ll for ll, _ in logged["filtered_resps"]]
+        if task.primary == "acc_norm":  # lm-eval's rule: log-likelihood per character
+            lls = [ll / len(c) for ll, c in zip(lls, doc["choices"], strict=True)]
+        picked = max(range(len(lls)), key=lls.__getitem__)
+        prediction, target = doc["choices"][picked], doc["choices"][int(doc["gold"])]
+    elif task.max_new_tokens is not None:  # generation
+        prediction, target = logged["filtered_resps"][0], str(logged["target"])
+    else:  # log-likelihood of the reference: the score is the answer
+        prediction, target = f"{scores[task.primary]:.3f}", str(logged["target"])
+    return Sample(item_id, prediction, target, scores[task.primary], scores, prompt)
+
+
+def report_speed(subject: str, outcomes: list[EvalOutcome], results: dict, seconds: float) -> None:
+    """Print items/s and lm-eval requests/s of one run (what `eval.*.batch_size` tunes)."""
+    items = sum(o.n for o in outcomes)
+    requests = sum(len(s["resps"]) for o in outcomes for s in results["samples"][o.task])
+    names = ", ".join(o.task.removeprefix("tunegate_") for o in outcomes)
+    print(
+        f"[eval] {subject}: {names}: {items} items, {requests} requests in {seconds:.1f} s "
+        f"({items / seconds:.2f} items/s, {requests / seconds:.1f} requests/s)"
     )
+
+
+def cache_key(task: EvalTask, base: BaseModel) -> str:
+    """Everything a base model's scores on a task depend on, hashed: a later run with the
+    same key may reuse them instead of evaluating the base model again.
+
+    Base weights and the other model files (tokenizer, template, config), the task's
+    definition files and data, its settings, the device and the library versions.
+    """
+    import torch
+
+    weights = (".safetensors", ".bin")  # already in base.sha256
+    model_files = sorted(
+        p
+        for p in base.path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix not in weights
+    )
+    definition = sorted(task.yaml.parent.glob("*.yaml")) + sorted(task.yaml.parent.glob("*.py"))
+    key = {
+        "base_weights": base.sha256,
+        "model_files": {p.name: sha256_file(p) for p in model_files},
+        "definition": {p.name: sha256_file(p) for p in definition},
+        "data": sha256_file(task.data),
+        "settings": task.settings(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "versions": {
+            lib: importlib.metadata.version(lib) for lib in ("lm_eval", "transformers", "torch")
+        },
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

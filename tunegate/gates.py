@@ -6,9 +6,11 @@ so a refusal explains itself in the lineage and in `tunegate lineage`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tunegate.config import GateConfig
+from tunegate.config import GateConfig, GeneralGateConfig
+from tunegate.stats import paired_difference
 
 
 @dataclass(frozen=True)
@@ -38,3 +40,38 @@ def heldout_gain_gate(
         f"the minimum {config.min_heldout_gain:+.3f}"
     )
     return GateResult("heldout_gain", passed, gain, config.min_heldout_gain, reason)
+
+
+def general_drop_gate(
+    task: str,
+    base: Mapping[str, float],
+    adapter: Mapping[str, float],
+    config: GeneralGateConfig,
+) -> GateResult:
+    """The adapter may not lose more than `max_drop` on a general task, beyond noise.
+
+    `base` and `adapter` map item id -> per-item metric (`config.metric`) on the same items.
+    The paired bootstrap gives a one-sided upper confidence bound of mean(adapter - base);
+    the gate refuses when even that bound is below -max_drop: the adapter is, with
+    `confidence`, more than `max_drop` worse. A small drop, or a large one that a small
+    sample cannot tell from noise, passes; more items (`eval.general.limit`) tighten it.
+    """
+    gate, limit = f"general_{task}", config.drop_limit(task)
+    if not base or set(base) != set(adapter):
+        return GateResult(gate, False, float("nan"), -limit,
+                          f"{task}: base and adapter were not scored on the same items "
+                          f"({len(base)} vs {len(adapter)})")  # fmt: skip
+    items = sorted(base)
+    # A two-sided interval at 2c - 1 has the one-sided c bound as its upper end.
+    diff = paired_difference([base[i] for i in items], [adapter[i] for i in items],
+                             confidence=2 * config.confidence - 1,
+                             iters=config.bootstrap_iters)  # fmt: skip
+    b = sum(base.values()) / len(base)
+    passed = diff.high >= -limit
+    verdict = "within" if passed else "beyond"
+    reason = (
+        f"{task} {config.metric}: adapter {b + diff.mean:.3f} vs base {b:.3f} on {diff.n} items, "
+        f"change {diff.mean:+.3f}, {config.confidence:.0%} upper bound {diff.high:+.3f} {verdict} "
+        f"the tolerated drop {-limit:+.3f}"
+    )
+    return GateResult(gate, passed, diff.high, -limit, reason)

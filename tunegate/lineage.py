@@ -22,7 +22,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows
+SCHEMA_VERSION = 4  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
+# 4: eval cache keys and per-sample prompts/scores, adapter file digests on gates and promotions
 
 REASON_CODES: dict[str, str] = {
     "schema": "row does not parse or breaks the record contract (file, line, field in detail)",
@@ -77,16 +78,18 @@ CREATE TABLE IF NOT EXISTS adapters (
   base_model_sha256 VARCHAR, snapshot_id VARCHAR, config_hash VARCHAR, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS eval_results (
   run_id VARCHAR, subject VARCHAR, adapter_id VARCHAR, task VARCHAR, metric VARCHAR,
-  value DOUBLE, stderr DOUBLE, n BIGINT, created_at TIMESTAMP);
+  value DOUBLE, stderr DOUBLE, n BIGINT, created_at TIMESTAMP, cache_key VARCHAR);
 CREATE TABLE IF NOT EXISTS eval_samples (
   run_id VARCHAR, subject VARCHAR, adapter_id VARCHAR, task VARCHAR, item_id VARCHAR,
-  prediction VARCHAR, target VARCHAR, score DOUBLE);
+  prediction VARCHAR, target VARCHAR, score DOUBLE,
+  metric VARCHAR, prompt VARCHAR, scores_json VARCHAR);
 CREATE TABLE IF NOT EXISTS gate_results (
   run_id VARCHAR, adapter_id VARCHAR, gate VARCHAR, passed BOOLEAN, value DOUBLE,
-  threshold DOUBLE, reason VARCHAR, created_at TIMESTAMP);
+  threshold DOUBLE, reason VARCHAR, created_at TIMESTAMP, files_sha256 VARCHAR);
 CREATE TABLE IF NOT EXISTS promotions (
   promotion_id VARCHAR PRIMARY KEY, adapter_id VARCHAR, alias VARCHAR, decision VARCHAR,
-  reason VARCHAR, actor VARCHAR, run_id VARCHAR, created_at TIMESTAMP);
+  reason VARCHAR, actor VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
+  previous_adapter_id VARCHAR, files_sha256 VARCHAR);
 CREATE TABLE IF NOT EXISTS aliases (
   alias VARCHAR PRIMARY KEY, adapter_id VARCHAR, updated_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS synthetic_scores (
@@ -110,6 +113,17 @@ _MIGRATIONS: dict[int, str] = {
     "ALTER TABLE row_verdicts ADD COLUMN IF NOT EXISTS raw VARCHAR;",
 }
 _MIGRATIONS[1] = _MIGRATIONS[2]  # 1 -> 2 only added tables; adding the columns twice is a no-op
+_MIGRATIONS[3] = (
+    "ALTER TABLE eval_results ADD COLUMN IF NOT EXISTS cache_key VARCHAR; "
+    "ALTER TABLE eval_samples ADD COLUMN IF NOT EXISTS metric VARCHAR; "
+    "ALTER TABLE eval_samples ADD COLUMN IF NOT EXISTS prompt VARCHAR; "
+    "ALTER TABLE eval_samples ADD COLUMN IF NOT EXISTS scores_json VARCHAR; "
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS files_sha256 VARCHAR; "
+    "ALTER TABLE promotions ADD COLUMN IF NOT EXISTS previous_adapter_id VARCHAR; "
+    "ALTER TABLE promotions ADD COLUMN IF NOT EXISTS files_sha256 VARCHAR;"
+)
+# Promotion decisions that move an alias (a `refused` one only records the attempt).
+ALIAS_MOVES = ("promoted", "forced", "rollback")
 
 _VERDICT_COLUMNS: dict[str, pa.DataType] = {
     "run_id": pa.string(), "source": pa.string(), "source_row": pa.int64(),
@@ -424,22 +438,72 @@ class Lineage:
         task: str,
         metrics: dict[str, tuple[float, float | None]],
         n: int,
-        samples: Sequence[tuple[str, str, str, float]] = (),
+        samples: Sequence[Sequence[Any]] = (),
+        *,
+        metric: str | None = None,
+        cache_key: str | None = None,
     ) -> None:
-        """Metrics {name: (value, stderr)} plus per-sample (item, prediction, target, score)."""
+        """Metrics {name: (value, stderr)} plus per-sample rows (item, prediction, target,
+        score[, {metric: value}, prompt]); `metric` names what `score` holds, `cache_key` what
+        the scores depend on (a later run may reuse a base model's scores with the same key)."""
         with self._tx() as con:
-            for metric, (value, stderr) in metrics.items():
+            for name, (value, stderr) in metrics.items():
                 con.execute(
-                    "INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, subject, adapter_id, task, metric, value, stderr, n, now()],
+                    "INSERT INTO eval_results (run_id, subject, adapter_id, task, metric, value, "
+                    "stderr, n, created_at, cache_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, subject, adapter_id, task, name, value, stderr, n, now(), cache_key],
                 )
             if samples:
-                rows = [(run_id, subject, adapter_id, task, *s) for s in samples]
+                rows = []
+                for item_id, prediction, target, score, *rest in samples:
+                    scores = json.dumps(rest[0]) if rest else None
+                    prompt = rest[1] if len(rest) > 1 else None
+                    rows.append((run_id, subject, adapter_id, task, str(item_id), str(prediction),
+                                 str(target), float(score), metric, prompt, scores))  # fmt: skip
                 cols = ["run_id", "subject", "adapter_id", "task", "item_id", "prediction",
-                        "target", "score"]  # fmt: skip
+                        "target", "score", "metric", "prompt", "scores_json"]  # fmt: skip
                 con.register("new_samples", _arrow(cols, rows))
-                con.execute("INSERT INTO eval_samples SELECT * FROM new_samples")
+                con.execute(f"INSERT INTO eval_samples ({', '.join(cols)}) "
+                            f"SELECT {', '.join(cols)} FROM new_samples")  # fmt: skip
                 con.unregister("new_samples")
+
+    def eval_results(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's metrics: subject, adapter, task, metric, value, stderr, n, cache key."""
+        return self.query(
+            "SELECT subject, adapter_id, task, metric, value, stderr, n, cache_key "
+            "FROM eval_results WHERE run_id = ? ORDER BY task, metric, subject", [run_id]
+        )  # fmt: skip
+
+    def eval_samples(self, run_id: str, subject: str, task: str) -> list[dict[str, Any]]:
+        """One subject's per-sample rows on a task in a run, `scores` parsed, by item id."""
+        rows = self.query(
+            "SELECT item_id, prediction, target, score, metric, prompt, scores_json "
+            "FROM eval_samples WHERE run_id = ? AND subject = ? AND task = ? ORDER BY item_id",
+            [run_id, subject, task],
+        )
+        for r in rows:
+            r["scores"] = json.loads(r.pop("scores_json") or "{}")
+        return rows
+
+    def cached_eval(self, cache_key: str) -> dict[str, Any] | None:
+        """The latest base-model scores recorded under `cache_key`: run, task, metrics, n and
+        samples; None when no run has them."""
+        rows = self.query(
+            "SELECT run_id, task, metric, value, stderr, n FROM eval_results "
+            "WHERE cache_key = ? AND subject = 'base' AND run_id = ("
+            "  SELECT run_id FROM eval_results WHERE cache_key = ? AND subject = 'base' "
+            "  ORDER BY created_at DESC LIMIT 1)", [cache_key, cache_key]
+        )  # fmt: skip
+        if not rows:
+            return None
+        run_id, task = rows[0]["run_id"], rows[0]["task"]
+        return {
+            "run_id": run_id,
+            "task": task,
+            "n": rows[0]["n"],
+            "metrics": {r["metric"]: (r["value"], r["stderr"]) for r in rows},
+            "samples": self.eval_samples(run_id, "base", task),
+        }
 
     def record_gate(
         self,
@@ -450,28 +514,71 @@ class Lineage:
         value: float,
         threshold: float,
         reason: str,
+        files_sha256: str | None = None,
     ) -> None:
+        """One gate's verdict; `files_sha256` is the digest of the adapter files it judged."""
         with self._tx() as con:
             con.execute(
-                "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, adapter_id, gate, passed, value, threshold, reason, now()],
+                "INSERT INTO gate_results (run_id, adapter_id, gate, passed, value, threshold, "
+                "reason, created_at, files_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, adapter_id, gate, passed, value, threshold, reason, now(), files_sha256],
             )
 
+    def latest_gates(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The gate verdicts of the latest run that gated this adapter (empty: never gated)."""
+        return self.query(
+            "SELECT run_id, gate, passed, value, threshold, reason, files_sha256, created_at "
+            "FROM gate_results WHERE adapter_id = ? AND run_id = ("
+            "  SELECT run_id FROM gate_results WHERE adapter_id = ? "
+            "  ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
+        )  # fmt: skip
+
     def record_promotion(
-        self, adapter_id: str, alias: str, decision: str, reason: str, actor: str, run_id: str | None
+        self,
+        adapter_id: str,
+        alias: str,
+        decision: str,
+        reason: str,
+        actor: str,
+        run_id: str | None,
+        files_sha256: str | None = None,
     ) -> str:
-        """Record a promotion decision; a `promoted` decision also moves the alias."""
+        """Record a promotion decision; one in `ALIAS_MOVES` also moves the alias, and the
+        adapter it pointed at before is kept with the decision (the alias's history)."""
         promotion_id = new_id("promo")
         with self._tx() as con:
+            row = con.execute("SELECT adapter_id FROM aliases WHERE alias = ?", [alias]).fetchone()
             con.execute(
-                "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [promotion_id, adapter_id, alias, decision, reason, actor, run_id, now()],
-            )
-            if decision == "promoted":
+                "INSERT INTO promotions (promotion_id, adapter_id, alias, decision, reason, actor, "
+                "run_id, created_at, previous_adapter_id, files_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [promotion_id, adapter_id, alias, decision, reason, actor, run_id, now(),
+                 row[0] if row else None, files_sha256],
+            )  # fmt: skip
+            if decision in ALIAS_MOVES:
                 con.execute(
                     "INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", [alias, adapter_id, now()]
                 )
         return promotion_id
+
+    def alias_history(self, alias: str) -> list[dict[str, Any]]:
+        """Every decision about an alias, oldest first (refusals included)."""
+        return self.query(
+            "SELECT promotion_id, adapter_id, previous_adapter_id, decision, reason, actor, "
+            "run_id, files_sha256, created_at FROM promotions WHERE alias = ? "
+            "ORDER BY created_at, promotion_id", [alias]
+        )  # fmt: skip
+
+    def aliases(self) -> list[dict[str, Any]]:
+        """Every alias with its adapter and the decision that put it there."""
+        return self.query(
+            "SELECT a.alias, a.adapter_id, a.updated_at, p.decision, p.actor, p.reason, "
+            "p.files_sha256 FROM aliases a LEFT JOIN promotions p ON p.promotion_id = ("
+            "  SELECT promotion_id FROM promotions q WHERE q.alias = a.alias "
+            "  AND q.adapter_id = a.adapter_id "
+            "  AND q.decision IN ('promoted', 'forced', 'rollback') "
+            "  ORDER BY created_at DESC LIMIT 1) ORDER BY a.alias"
+        )  # fmt: skip
 
     def chain(self, adapter_id: str) -> dict[str, Any]:
         """Everything behind an adapter: sources → snapshot → training → evals → promotions."""

@@ -1,44 +1,33 @@
-"""Promotion: move a registry alias to an adapter only when every gate passed."""
+"""Promotion at the end of a pipeline run: record every gate, then ask the registry.
+
+The registry (`tunegate/registry.py`) moves the alias only when every gate recorded here
+passed on the very files that are in the adapter directory now.
+"""
 
 from __future__ import annotations
 
-import getpass
-from dataclasses import dataclass
+from pathlib import Path
 
 from tunegate.gates import GateResult
 from tunegate.lineage import Lineage
-
-
-@dataclass(frozen=True)
-class Decision:
-    adapter_id: str
-    alias: str
-    promoted: bool
-    reason: str
+from tunegate.registry import Decision, actor, files_digest, promote
 
 
 def decide_promotion(
-    lineage: Lineage, run_id: str, adapter_id: str, alias: str, gates: list[GateResult]
+    lineage: Lineage,
+    run_id: str,
+    adapter_id: str,
+    adapter_dir: Path,
+    alias: str,
+    gates: list[GateResult],
 ) -> Decision:
-    """Record every gate, then promote (all passed) or refuse (naming the failed gates)."""
+    """Record every gate with the digest of the files it judged, then promote or refuse."""
+    digest = files_digest(adapter_dir)
     for g in gates:
-        lineage.record_gate(run_id, adapter_id, g.gate, g.passed, g.value, g.threshold, g.reason)
-    failed = [g for g in gates if not g.passed]
+        lineage.record_gate(run_id, adapter_id, g.gate, g.passed, g.value, g.threshold, g.reason,
+                            digest)  # fmt: skip
     if not gates:
-        reason = "no gate ran: nothing vouches for this adapter"
-    elif failed:
-        reason = "refused: " + "; ".join(f"{g.gate} ({g.reason})" for g in failed)
-    else:
-        reason = "all gates passed: " + "; ".join(g.reason for g in gates)
-    promoted = bool(gates) and not failed
-    decision = "promoted" if promoted else "refused"
-    lineage.record_promotion(adapter_id, alias, decision, reason, actor(), run_id)
-    return Decision(adapter_id, alias, promoted, reason)
-
-
-def actor() -> str:
-    """Who made a decision: the OS user (a CI job's user in a release pipeline)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+        reason = "refused: no gate ran, nothing vouches for this adapter"
+        lineage.record_promotion(adapter_id, alias, "refused", reason, actor(), run_id)
+        return Decision(adapter_id, alias, False, reason, "refused")
+    return promote(lineage, str(adapter_dir), alias, run_id=run_id)  # these files, as judged

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunegate.gates import GateResult
 from tunegate.lineage import REASON_CODES
 
 
@@ -35,6 +36,12 @@ def metrics_markdown(base: dict[str, tuple[float, float | None]],
         b, a = base.get(name, (float("nan"), None))[0], adapter.get(name, (float("nan"), None))[0]
         rows.append((name, b, a, a - b))
     return markdown_table(["metric", "base", "adapter", "gain"], rows)
+
+
+def gates_markdown(gates: Sequence[GateResult]) -> str:
+    """Every gate's verdict, value, threshold and reason."""
+    rows = [(g.gate, "pass" if g.passed else "FAIL", g.value, g.threshold, g.reason) for g in gates]
+    return markdown_table(["gate", "verdict", "value", "threshold", "reason"], rows)
 
 
 def write_report(reports_dir: Path, run_id: str, sections: dict[str, str]) -> Path:

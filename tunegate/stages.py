@@ -12,8 +12,17 @@ from typing import Any
 
 from tunegate.config import PipelineConfig
 from tunegate.curate import CurationResult
-from tunegate.evaluate import EvalOutcome, evaluate_heldout
-from tunegate.gates import GateResult, heldout_gain_gate
+from tunegate.evaluate import (
+    TASK,
+    EvalOutcome,
+    EvalTask,
+    Sample,
+    cache_key,
+    evaluate,
+    general_tasks,
+    heldout_tasks,
+)
+from tunegate.gates import GateResult, general_drop_gate, heldout_gain_gate
 from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, resolve_base_model
 from tunegate.promote import Decision, decide_promotion
@@ -77,15 +86,78 @@ def evaluate_recorded(
     run_id: str,
     base: BaseModel,
     adapter: TrainResult | None,
-) -> EvalOutcome:
-    """Held-out eval of the base model (adapter None) or of an adapter, recorded."""
+    suite: str,
+) -> list[EvalOutcome]:
+    """The held-out (`suite="heldout"`) or general-capability (`"general"`) evals of the base
+    model (adapter None) or of an adapter, recorded with per-sample rows.
+
+    The base model's scores on a task are reused from an earlier run when their cache key
+    (base files, task files and data, settings, device, library versions) matches and
+    `eval.cache_base` is on; they are recorded under this run either way.
+    """
+    tasks = heldout_tasks(config) if suite == "heldout" else general_tasks(config)
     subject = "base" if adapter is None else "adapter"
-    outcome = evaluate_heldout(config, base, adapter.adapter_dir if adapter else None, subject)
-    lineage.record_eval(
-        run_id, subject, adapter.adapter_id if adapter else None, outcome.task,
-        outcome.metrics, outcome.n, outcome.samples,
-    )  # fmt: skip
-    return outcome
+    keys = {t.name: cache_key(t, base) for t in tasks} if adapter is None else {}
+    outcomes: dict[str, EvalOutcome] = {}
+    for task in tasks:
+        cached = lineage.cached_eval(keys[task.name]) if keys and config.eval.cache_base else None
+        if cached is not None:
+            outcomes[task.name] = cached_outcome(cached, task)
+            print(f"[eval] base: {task.name} reused from run {cached['run_id']} (same cache key)")
+    todo = [t for t in tasks if t.name not in outcomes]
+    if todo:
+        fresh = evaluate(base, adapter.adapter_dir if adapter else None, subject, todo)
+        outcomes.update({o.task: o for o in fresh})
+    for task in tasks:
+        o = outcomes[task.name]
+        lineage.record_eval(
+            run_id, subject, adapter.adapter_id if adapter else None, o.task, o.metrics, o.n,
+            o.samples, metric=o.primary, cache_key=keys.get(task.name),
+        )  # fmt: skip
+    return [outcomes[t.name] for t in tasks]
+
+
+def cached_outcome(cached: dict[str, Any], task: EvalTask) -> EvalOutcome:
+    """A base-model outcome rebuilt from the lineage rows of an earlier run."""
+    samples = [
+        Sample(r["item_id"], r["prediction"], r["target"],
+               r["scores"].get(task.primary, r["score"]), r["scores"], r["prompt"] or "")
+        for r in cached["samples"]
+    ]  # fmt: skip
+    return EvalOutcome("base", task.name, cached["metrics"], cached["n"], samples, 0.0,
+                       task.primary)  # fmt: skip
+
+
+def outcome(outcomes: list[EvalOutcome], task: str) -> EvalOutcome:
+    """The outcome of one task in a list of them."""
+    for o in outcomes:
+        if o.task == task:
+            return o
+    raise KeyError(f"no {task} results among {[o.task for o in outcomes]}")
+
+
+def run_gates(
+    config: PipelineConfig, base_evals: list[EvalOutcome], adapter_evals: list[EvalOutcome]
+) -> list[GateResult]:
+    """Every configured gate: held-out gain, then one no-forgetting gate per general task."""
+    gain = heldout_gain_gate(outcome(base_evals, TASK).metrics,
+                             outcome(adapter_evals, TASK).metrics, config.gates)  # fmt: skip
+    return [gain, *general_gates(config, base_evals, adapter_evals)]
+
+
+def general_gates(
+    config: PipelineConfig, base_evals: list[EvalOutcome], adapter_evals: list[EvalOutcome]
+) -> list[GateResult]:
+    """One no-forgetting gate per task of `eval.general.tasks`, on paired per-item scores."""
+    metric = config.gates.general.metric
+    gates = []
+    for task in general_tasks(config):
+        base_scores = {s.item_id: s.scores[metric] for s in outcome(base_evals, task.name).samples}
+        adapter_scores = {s.item_id: s.scores[metric]
+                          for s in outcome(adapter_evals, task.name).samples}  # fmt: skip
+        short = task.name.removeprefix("tunegate_")
+        gates.append(general_drop_gate(short, base_scores, adapter_scores, config.gates.general))
+    return gates
 
 
 def gate_and_promote(
@@ -93,11 +165,13 @@ def gate_and_promote(
     lineage: Lineage,
     run_id: str,
     adapter: TrainResult,
-    base_eval: EvalOutcome,
-    adapter_eval: EvalOutcome,
+    base_evals: list[EvalOutcome],
+    adapter_evals: list[EvalOutcome],
 ) -> tuple[list[GateResult], Decision]:
-    gates = [heldout_gain_gate(base_eval.metrics, adapter_eval.metrics, config.gates)]
-    decision = decide_promotion(lineage, run_id, adapter.adapter_id, config.promote.alias, gates)
+    """Run every gate, record the verdicts, and promote only if all passed."""
+    gates = run_gates(config, base_evals, adapter_evals)
+    decision = decide_promotion(lineage, run_id, adapter.adapter_id, adapter.adapter_dir,
+                                config.promote.alias, gates)  # fmt: skip
     return gates, decision
 
 
@@ -108,31 +182,40 @@ class RunSummary:
     run_id: str
     rows: dict[str, Any]
     heldout: dict[str, Any]
+    general: dict[str, dict[str, float]]  # task -> {base, adapter} on gates.general.metric
     gate: str
     adapter_id: str | None
     promoted: bool
     reason: str
     report: str
+    eval_report: str
 
 
 def summarize(
     run_id: str,
     curation: CurationResult,
-    metric: str,
-    base_eval: EvalOutcome,
-    adapter_eval: EvalOutcome,
+    config: PipelineConfig,
+    base_evals: list[EvalOutcome],
+    adapter_evals: list[EvalOutcome],
     decision: Decision,
     report: Path,
+    eval_report: Path,
 ) -> RunSummary:
     accepted = len(curation.accepted)
+    metric, general = config.gates.metric, config.gates.general.metric
     return RunSummary(
         run_id=run_id,
         rows={"in": curation.n_input, "accepted": accepted, "rejected": curation.n_input - accepted},
-        heldout={"metric": metric, "base": base_eval.metrics[metric][0],
-                 "adapter": adapter_eval.metrics[metric][0]},  # fmt: skip
+        heldout={"metric": metric, "base": outcome(base_evals, TASK).metrics[metric][0],
+                 "adapter": outcome(adapter_evals, TASK).metrics[metric][0]},
+        general={t.name.removeprefix("tunegate_"): {
+                    "base": outcome(base_evals, t.name).metrics[general][0],
+                    "adapter": outcome(adapter_evals, t.name).metrics[general][0]}
+                 for t in general_tasks(config)},
         gate="passed" if decision.promoted else "refused",
         adapter_id=decision.adapter_id,
         promoted=decision.promoted,
         reason=decision.reason,
         report=str(report),
+        eval_report=str(eval_report),
     )

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tunegate.quality.checks import Batch, Finding
-from tunegate.quality.shingles import hash_words, ngram_hash, windows, windows_many
+from tunegate.quality.shingles import hash_words, ngram_hash, window_hashes, windows, windows_many
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ class EvalIndex:
     near_threshold: float = 0.7
     grams: _Table | None = None
     short: dict[int, _Table] = field(default_factory=dict)
+    # The first `prefix_words` words of every indexed n-gram and short text: a training window
+    # can only match an eval text where its first words match one of these.
+    prefixes: _Table | None = None
     anchors: _Table | None = None
     item_shingles: list[np.ndarray] = field(default_factory=list)
     skipped_rows: int = 0
@@ -169,12 +172,17 @@ class EvalIndex:
         counts = np.diff(wb.text_start)
         w = windows(wb, self.ngram)
         self.grams = _Table.build(w.hash, owner[w.text])
+        starts = [w.start]
         for n in range(self.min_words, self.ngram):
             whole = np.flatnonzero(counts == n)
             if len(whole):
                 hashes = np.array([ngram_hash(wb.word_hash[wb.text_start[t]: wb.text_start[t + 1]])
                                    for t in whole], dtype=np.uint64)  # fmt: skip
                 self.short[n] = _Table.build(hashes, owner[whole])
+                starts.append(wb.text_start[whole])
+        first = np.concatenate(starts)
+        self.prefixes = _Table.build(window_hashes(wb.word_hash, first, self.prefix_words),
+                                     np.zeros(len(first), np.int64))  # fmt: skip
         # Near-duplicate containment: each item's shingle set and its rarest shingles. Texts
         # shorter than a shingle (labels, choices) are left out: rules 1-2 cover them.
         sh = windows(wb, self.shingle_size)
@@ -204,6 +212,10 @@ class EvalIndex:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def prefix_words(self) -> int:
+        return min(self.min_words, self.ngram)
+
 
 class Contamination:
     """Rejects rows that overlap an eval item (see the module docstring for the rules)."""
@@ -222,19 +234,27 @@ class Contamination:
         alive[np.asarray(rows, dtype=np.int64)] = True
         wb = batch.words
         findings: dict[int, Finding] = {}
-        lengths = [idx.ngram, *idx.short]
-        for n, w in sorted(windows_many(wb, lengths).items(), key=lambda kv: -kv[0]):
+        # 1. candidate starts: windows whose first words begin some indexed eval text
+        assert idx.prefixes is not None
+        head = windows_many(wb, [idx.prefix_words])[idx.prefix_words]
+        hit_head = (idx.prefixes.lookup(head.hash) >= 0) & alive[batch.message_record[head.text]]
+        maybe = head.start[hit_head]
+        maybe_text = wb.text_of[maybe]
+        # 2. the n-gram, then the whole short texts (longest first), at those starts only
+        for n in sorted([idx.ngram, *idx.short], reverse=True):
             table = idx.grams if n == idx.ngram else idx.short[n]
             if table is None:
                 continue
-            record = batch.message_record[w.text]
-            item = table.lookup(w.hash)
-            for hit in np.flatnonzero((item >= 0) & alive[record]):
+            fits = maybe + n <= wb.text_start[maybe_text + 1]
+            start, text_of = maybe[fits], maybe_text[fits]
+            record = batch.message_record[text_of]
+            item = table.lookup(window_hashes(wb.word_hash, start, n))
+            for hit in np.flatnonzero(item >= 0):
                 r = int(record[hit])
                 if r in findings:
                     continue
                 text = wb.text_words(
-                    int(w.text[hit]), int(w.start[hit] - wb.text_start[w.text[hit]]), n
+                    int(text_of[hit]), int(start[hit] - wb.text_start[text_of[hit]]), n
                 )
                 eval_id = idx.item_ids[item[hit]]
                 what = (f"shares the {n}-gram '{text}'" if n == idx.ngram

@@ -84,7 +84,8 @@ class _KeyedDuplicates:
             earlier_of[key] = position = self.kept.add(batch.records[i])  # later copies in batch
             new_keys.append(key)
             new_positions.append(position)
-        self.index.add(np.array(new_keys, dtype=np.uint64), np.array(new_positions, np.int64))
+        self.index.add(np.array(new_keys, dtype=np.uint64), np.array(new_positions, np.int64),
+                       absent=True)  # fmt: skip
         return findings
 
     @property

@@ -46,6 +46,9 @@ class SuiteResult:
     success: bool
     outcomes: list[ExpectationOutcome]
     docs: Path | None  # Data Docs index.html
+    # This run's validation result page. The index lists results with JavaScript from CDNs,
+    # so offline it is the only way to reach them: the report links the page directly.
+    validation: Path | None = None
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -129,5 +132,8 @@ def validate_batch(
         notes = (cfg.meta or {}).get("notes", "")
         outcomes.append(ExpectationOutcome(cfg.type, cfg.kwargs.get("column"),
                                            bool(result.success), observed, notes))  # fmt: skip
-    docs = docs_dir / "index.html" if docs_dir is not None else None
-    return SuiteResult(suite.name, suite_path, bool(run.success), outcomes, docs)
+    docs = validation = None
+    if docs_dir is not None:  # one run per folder: its one validation page
+        docs = docs_dir / "index.html"
+        validation = next(iter(sorted((docs_dir / "validations").rglob("*.html"))), None)
+    return SuiteResult(suite.name, suite_path, bool(run.success), outcomes, docs, validation)

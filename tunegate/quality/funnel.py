@@ -18,7 +18,7 @@ import json
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,9 @@ class FunnelStats:
     overhead: dict[str, float] = field(default_factory=lambda: {"tokenize": 0.0, "verdicts": 0.0})
     words_before: array = field(default_factory=lambda: array("i"))  # every parsed row
     words_after: array = field(default_factory=lambda: array("i"))  # every accepted row
+    # Base-model tokens of the message contents, when curation has the tokenizer.
+    tokens_before: array = field(default_factory=lambda: array("i"))
+    tokens_after: array = field(default_factory=lambda: array("i"))
     curated: dict[str, array] = field(
         default_factory=lambda: {c: array("i") for c in CURATED_COLUMNS}
     )
@@ -95,17 +98,22 @@ class BatchOutcome:
 
 
 class Funnel:
-    """Batch checks in order, then row checks; the first failing check decides a row."""
+    """Batch checks in order, then row checks; the first failing check decides a row.
+
+    `count_tokens` (records -> tokens each) feeds the report's token-length histograms.
+    """
 
     def __init__(
         self,
         checks: Sequence[BatchCheck],
         row_checks: Sequence[RowCheck] = (),
         batch_size: int = 4096,
+        count_tokens: Callable[[Sequence[Record]], Sequence[int]] | None = None,
     ):
         self.checks = list(checks)
         self.row_checks = list(row_checks)
         self.batch_size = batch_size
+        self.count_tokens = count_tokens
         self.stats = FunnelStats()
         self.row_check_verdicts: list[Verdict] = []  # rejections by row checks (few)
         self.stats.stage("ingest", "schema")
@@ -150,6 +158,8 @@ class Funnel:
         alive = list(range(len(records)))
         c0 = time.process_time()
         stats.words_before.extend(batch.role_words.sum(axis=1).tolist())  # hashes the words
+        tokens = list(self.count_tokens(records)) if self.count_tokens and records else []
+        stats.tokens_before.extend(tokens)
         stats.overhead["tokenize"] += time.process_time() - c0
         for check in self.checks:
             stat = stats.stages[check.stage]
@@ -179,6 +189,7 @@ class Funnel:
                 kept.append(i)
             verdicts[positions[i]] = verdict
         self._count(verdicts, batch, kept)
+        stats.tokens_after.extend(tokens[i] for i in kept if tokens)
         stats.overhead["verdicts"] += time.process_time() - c0
         return BatchOutcome([v for v in verdicts if v is not None], accepted, records)
 

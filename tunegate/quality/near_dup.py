@@ -250,7 +250,9 @@ class NearDuplicates:
         sizes = np.diff(set_start)[kept_rows]
         element_row = np.repeat(np.arange(n), np.diff(set_start))
         self.spool.append(values[passed[element_row]], sizes)
-        self.index.add(keys[kept_rows].ravel(), np.repeat(positions, bands).astype(np.int64))
+        new = hits[kept_rows].ravel() < 0  # band keys no kept row had yet
+        band_positions = np.repeat(positions, bands).astype(np.int64)
+        self.index.add(keys[kept_rows].ravel()[new], band_positions[new], absent=True)
         return out
 
     @property

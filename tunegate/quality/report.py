@@ -128,8 +128,8 @@ def _png(fig: Any) -> str:
     )
 
 
-def length_histogram(before: np.ndarray, after: np.ndarray) -> str:
-    """Words per conversation, all parsed rows vs accepted rows, log-spaced bins."""
+def length_histogram(before: np.ndarray, after: np.ndarray, *, unit: str) -> str:
+    """Length per conversation, all parsed rows vs accepted rows, log-spaced bins."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +145,7 @@ def length_histogram(before: np.ndarray, after: np.ndarray) -> str:
         np.clip(after, 1, None), bins=bins, alpha=0.75, label=f"after: {len(after)} accepted rows"
     )
     ax.set_xscale("log")
-    ax.set_xlabel("words per conversation (runs of letters and digits)")
+    ax.set_xlabel(f"{unit} per conversation")
     ax.set_ylabel("rows")
     ax.legend()
     return _png(fig)
@@ -178,6 +178,17 @@ def _stats_line(a: np.ndarray) -> str:
 
 
 STAGE_HEADER = ("stage", "reason", "rows in", "rejected", "rows out", "rows/s")
+
+
+def _docs_links(suite: SuiteResult, folder: Path) -> str:
+    """Links (relative, so the run folder can be moved) to the Data Docs and this run's result."""
+    links = []
+    if suite.docs is not None:
+        links.append(f"<a href='{_e(suite.docs.relative_to(folder))}'>Data Docs</a>")
+    if suite.validation is not None:
+        rel = suite.validation.relative_to(folder)
+        links.append(f"<a href='{_e(rel)}'>this run's validation result</a>")
+    return "".join(f" · {link}" for link in links)
 
 
 def stage_rows(stats: FunnelStats) -> list[tuple[Any, ...]]:
@@ -220,9 +231,7 @@ def write_quality_report(
         status = (
             "<span class='ok'>passed</span>" if suite.success else "<span class='bad'>FAILED</span>"
         )
-        link = ""
-        if suite.docs is not None:
-            link = f" · <a href='{_e(suite.docs.relative_to(path.parent))}'>Data Docs</a>"
+        link = _docs_links(suite, path.parent)
         gx_cell = (
             f"{status} ({len(suite.outcomes) - len(suite.failures)}/{len(suite.outcomes)}){link}"
         )
@@ -262,8 +271,15 @@ def write_quality_report(
 
     # 3. lengths
     parts.append("<h2>Conversation length, before and after curation</h2>")
-    parts.append(f"<p>before: {_stats_line(before)} words · after: {_stats_line(after)} words</p>")
-    parts.append(length_histogram(before, after))
+    lengths = [("words (runs of letters and digits)", before, after)]
+    if len(stats.tokens_before):  # curation had the base model's tokenizer: plot tokens
+        lengths.insert(0, ("base-model tokens (message contents)",
+                           np.frombuffer(stats.tokens_before, dtype=np.int32),
+                           np.frombuffer(stats.tokens_after, dtype=np.int32)))  # fmt: skip
+    for unit, b, a in lengths:
+        parts.append(f"<p>{_e(unit)}: before {_stats_line(b)} · after {_stats_line(a)}</p>")
+    unit, b, a = lengths[0]
+    parts.append(length_histogram(b, a, unit=unit))
 
     # 4. duplicates side by side
     parts.append("<h2>Duplicate clusters</h2>")
@@ -314,10 +330,7 @@ def write_quality_report(
     if suite is None:
         parts.append("<p class='muted'>not run (contracts.batch_suite is null)</p>")
     else:
-        if suite.docs is not None:
-            rel = suite.docs.relative_to(path.parent)
-            parts.append(f"<p>Suite <code>{_e(suite.path)}</code> · "
-                         f"<a href='{_e(rel)}'>open the Data Docs</a></p>")  # fmt: skip
+        parts.append(f"<p>Suite <code>{_e(suite.path)}</code>{_docs_links(suite, path.parent)}</p>")
         parts.append(_table(["expectation", "column", "result", "observed", "why"], [
             (_e(o.type), _e(o.column or ""),
              "<span class='ok'>pass</span>" if o.success else "<span class='bad'>FAIL</span>",

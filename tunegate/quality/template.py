@@ -21,7 +21,7 @@ is what trains. Run level: `template_gate` blocks a run whose rejected share is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +52,17 @@ def load_tokenizer(model_dir: Path | str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+def content_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[Sequence[Record]], list[int]]:
+    """Tokens of each record's message contents (no template): the report's length unit."""
+
+    def count(records: Sequence[Record]) -> list[int]:
+        texts = ["\n".join(c for _, c in r.messages) for r in records]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(row) for row in ids]
+
+    return count
 
 
 def control_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:

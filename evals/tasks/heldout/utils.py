@@ -38,3 +38,9 @@ def score_reply(reply: str, target: str) -> dict[str, float]:
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     """lm-eval hook: `results` holds the one generated reply for `doc`."""
     return score_reply(results[0], doc["target"])
+
+
+def process_loglikelihood(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+    """lm-eval hook of `tunegate_heldout_loglik`: the reference answer's log-likelihood."""
+    loglik, _is_greedy = results[0]
+    return {"ref_loglik": float(loglik)}

@@ -1,0 +1,108 @@
+"""Eval benchmark: the whole gate suite on the embedded SmolLM2, CPU, base model and adapter.
+
+    python bench/eval.py                     # full size: 500 items per general task (~25 min)
+    python bench/eval.py --limit 100         # the default pipeline.yaml's size
+    python bench/eval.py --limit 40 --batch-sizes 8,16,32 --base-only   # batch-size sweep
+    python bench/eval.py --adapter DIR       # a trained adapter instead of a random one
+
+For each subject (the base model, then base + adapter, merged as the pipeline merges it) it
+runs the held-out task (generation + reference log-likelihood, 80 items) and the general
+suite (PIQA, ARC-Easy, HellaSwag), with the settings of `pipeline.yaml` unless overridden,
+and prints items/s and log-likelihood requests/s per task group, each task's scores with
+stderr, the gates' verdicts and the wall time of the whole suite. Without `--adapter` the
+adapter is a LoRA with random A and B (`init_lora_weights=False`): it costs what a trained
+one costs, and it damages the model, so the general gate should refuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tunegate.config import load_config  # noqa: E402
+from tunegate.evaluate import EvalOutcome, evaluate, general_tasks, heldout_tasks  # noqa: E402
+from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
+from tunegate.stages import general_gates, run_gates  # noqa: E402
+
+
+def random_adapter(base: BaseModel, out: Path, seed: int = 0) -> Path:
+    """A LoRA (r=16, all linear layers) with random A and B: a stand-in that hurts the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out)
+    return out
+
+
+def run_subject(
+    base: BaseModel, adapter: Path | None, tasks: list
+) -> tuple[list[EvalOutcome], float]:
+    start = time.perf_counter()
+    outcomes = evaluate(base, adapter, "base" if adapter is None else "adapter", tasks)
+    return outcomes, time.perf_counter() - start
+
+
+def scores(outcomes: list[EvalOutcome]) -> dict[str, dict[str, list[float | None]]]:
+    return {o.task: {m: [v, e] for m, (v, e) in o.metrics.items()} for o in outcomes}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "pipeline.yaml"))
+    parser.add_argument("--limit", type=int, default=500, help="items per general task")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated sweep (base only)")
+    parser.add_argument("--adapter", type=Path, default=None, help="a trained adapter directory")
+    parser.add_argument("--base-only", action="store_true")
+    parser.add_argument("--no-heldout", action="store_true", help="general suite only")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    base = resolve_base_model(config.model.base_model, config.workspace_dir)
+    sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [None]
+    results: dict[str, object] = {"limit": args.limit, "runs": []}
+    for batch_size in sizes:
+        general = config.eval.general.model_copy(update={"limit": args.limit} | (
+            {"batch_size": batch_size} if batch_size else {}))  # fmt: skip
+        cfg = config.model_copy(
+            update={"eval": config.eval.model_copy(update={"general": general})}
+        )
+        tasks = ([] if args.no_heldout else heldout_tasks(cfg)) + general_tasks(cfg)
+        print(f"== batch size {general.batch_size}, {args.limit} items per general task")
+        base_out, base_s = run_subject(base, None, tasks)
+        run: dict[str, object] = {"batch_size": general.batch_size, "base_seconds": base_s,
+                                  "base": scores(base_out)}  # fmt: skip
+        print(f"   base: {base_s:.1f} s")
+        if not args.base_only:
+            with tempfile.TemporaryDirectory(prefix="tunegate-bench-adapter-") as tmp:
+                adapter = args.adapter or random_adapter(base, Path(tmp) / "adapter")
+                adapter_out, adapter_s = run_subject(base, adapter, tasks)
+            gates = (general_gates if args.no_heldout else run_gates)(cfg, base_out, adapter_out)
+            run |= {"adapter_seconds": adapter_s, "adapter": scores(adapter_out),
+                    "total_seconds": base_s + adapter_s,
+                    "gates": [[g.gate, g.passed, g.reason] for g in gates]}  # fmt: skip
+            print(f"   adapter: {adapter_s:.1f} s; base + adapter {base_s + adapter_s:.1f} s")
+            for g in gates:
+                print(f"   gate {g.gate}: {'pass' if g.passed else 'FAIL'} ({g.reason})")
+        for o in base_out:
+            line = ", ".join(f"{m} {v:.3f} ± {e or 0:.3f}" for m, (v, e) in o.metrics.items())
+            print(f"   base {o.task} (n={o.n}): {line}")
+        results["runs"].append(run)  # type: ignore[union-attr]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Eval lineage: per-sample rows, the base-model cache, and the v3 -> v4 schema migration."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from tunegate import stages
+from tunegate.config import parse_config
+from tunegate.lineage import SCHEMA_VERSION, Lineage
+
+
+def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
+    db = tmp_path / "v3.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    con.execute("CREATE TABLE promotions (promotion_id VARCHAR PRIMARY KEY, adapter_id VARCHAR, "
+                "alias VARCHAR, decision VARCHAR, reason VARCHAR, actor VARCHAR, run_id VARCHAR, "
+                "created_at TIMESTAMP)")  # fmt: skip
+    con.execute("INSERT INTO promotions VALUES ('p0', 'a0', 'production', 'promoted', 'ok', "
+                "'ci', 'r0', now())")  # fmt: skip
+    con.execute(
+        "CREATE TABLE eval_samples (run_id VARCHAR, subject VARCHAR, adapter_id VARCHAR, "
+        "task VARCHAR, item_id VARCHAR, prediction VARCHAR, target VARCHAR, score DOUBLE)"
+    )
+    con.close()
+    lin = Lineage(db)
+    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "4"
+    lin.record_promotion("a1", "production", "promoted", "ok", "ci", "r1", "digest")
+    history = lin.alias_history("production")
+    assert [(h["adapter_id"], h["files_sha256"]) for h in history] == [
+        ("a0", None),
+        ("a1", "digest"),
+    ]
+    lin.record_eval("r1", "base", None, "t", {"acc": (0.5, 0.1)}, 2,
+                    [("i1", "x", "y", 1.0, {"acc": 1.0}, "prompt"), ("i2", "x", "z", 0.0)],
+                    metric="acc", cache_key="k")  # fmt: skip
+    rows = lin.eval_samples("r1", "base", "t")
+    assert [(r["item_id"], r["scores"], r["prompt"], r["metric"]) for r in rows] == [
+        ("i1", {"acc": 1.0}, "prompt", "acc"),
+        ("i2", {}, None, "acc"),
+    ]
+
+
+def test_cached_eval_returns_the_latest_base_scores_for_a_key():
+    lin = Lineage(":memory:")
+    assert lin.cached_eval("k") is None
+    lin.record_eval("r1", "base", None, "t", {"acc": (0.4, 0.1)}, 1, [("i", "a", "b", 0.0)],
+                    cache_key="k")  # fmt: skip
+    lin.record_eval("r2", "adapter", "a", "t", {"acc": (0.9, 0.1)}, 1, cache_key="k")
+    cached = lin.cached_eval("k")
+    assert cached is not None and cached["run_id"] == "r1"
+    assert cached["metrics"] == {"acc": (0.4, 0.1)}
+    assert [s["item_id"] for s in cached["samples"]] == ["i"]
+
+
+def test_base_scores_are_reused_when_the_cache_key_matches(tmp_path, monkeypatch, tiny_base_model):
+    tiny_base = tiny_base_model
+    general = {"tasks": ["piqa"], "limit": 4}
+    config = parse_config({"data": {"sources": [{"path": "x"}]}, "eval": {"general": general}},
+                          root=tmp_path)  # fmt: skip
+    lin = Lineage(":memory:")
+    (first,) = stages.evaluate_recorded(config, lin, "run-1", tiny_base, None, "general")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the base model was evaluated again")
+
+    monkeypatch.setattr(stages, "evaluate", no_model)
+    (again,) = stages.evaluate_recorded(config, lin, "run-2", tiny_base, None, "general")
+    assert again.metrics == first.metrics
+    scores = {s.item_id: s.scores for s in first.samples}
+    assert {s.item_id: s.scores for s in again.samples} == scores
+    keys = {r["cache_key"] for r in lin.eval_results("run-1") + lin.eval_results("run-2")}
+    assert len(keys) == 1 and None not in keys
+
+    off = config.model_copy(update={"eval": config.eval.model_copy(update={"cache_base": False})})
+    with pytest.raises(AssertionError, match="evaluated again"):
+        stages.evaluate_recorded(off, lin, "run-3", tiny_base, None, "general")

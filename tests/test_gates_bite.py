@@ -1,0 +1,78 @@
+"""The gates bite: a no-op adapter is refused by the held-out gain gate, and an adapter that
+damages general capability is refused by the general gate (real SmolLM2, marked slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from tunegate import stages
+from tunegate.config import parse_config
+from tunegate.lineage import Lineage
+from tunegate.models import BaseModel, sha256_dir
+from tunegate.train import TrainResult
+
+
+def lora_adapter(base: BaseModel, out: Path, *, random_b: bool, alpha: int = 32) -> TrainResult:
+    """A LoRA on every linear layer: B = 0 (peft's init, a no-op) or random (damaging)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    lora = LoraConfig(r=16, lora_alpha=alpha, target_modules="all-linear",
+                      init_lora_weights=not random_b)  # fmt: skip
+    get_peft_model(model, lora).save_pretrained(out)
+    return TrainResult(out, sha256_dir(out), 0, {})
+
+
+def config_for(root: Path, **eval_settings: object):
+    """Settings rooted at the repository: the shipped held-out set and general suite."""
+    return parse_config({"data": {"sources": [{"path": "x"}]}, "eval": eval_settings}, root=REPO)
+
+
+def test_a_no_op_adapter_fails_the_heldout_gain_gate(tiny_base_model, tmp_path):
+    config = config_for(tmp_path, max_items=4, max_new_tokens=4, general={"limit": 4})
+    noop = lora_adapter(tiny_base_model, tmp_path / "noop", random_b=False)
+    lineage = Lineage(":memory:")
+    lineage.record_adapter(
+        noop.adapter_id, "train-0", str(noop.adapter_dir), tiny_base_model.sha256, "snap", "cfg"
+    )  # as training records it
+    evals = {}
+    for subject, adapter in (("base", None), ("adapter", noop)):
+        evals[subject] = [o for suite in ("heldout", "general") for o in
+                          stages.evaluate_recorded(config, lineage, "run", tiny_base_model,
+                                                   adapter, suite)]  # fmt: skip
+
+    gates, decision = stages.gate_and_promote(config, lineage, "run", noop, evals["base"],
+                                              evals["adapter"])  # fmt: skip
+    verdicts = {g.gate: (g.passed, g.value) for g in gates}
+    assert verdicts["heldout_gain"] == (False, 0.0)  # same outputs: no gain
+    for task in ("piqa", "arc_easy", "hellaswag"):
+        assert verdicts[f"general_{task}"] == (True, 0.0)  # and nothing forgotten
+    assert not decision.promoted and decision.reason.startswith("refused: gate heldout_gain")
+    recorded = lineage.query("SELECT gate, passed, reason, files_sha256 FROM gate_results")
+    assert {r["gate"] for r in recorded} == set(verdicts)
+    assert all(r["reason"] and r["files_sha256"] for r in recorded)
+    assert lineage.alias_target("production") is None
+
+
+@pytest.mark.slow
+def test_an_adapter_that_damages_general_capability_is_refused(embedded_model_dir, tmp_path):
+    """Random LoRA weights on SmolLM2-135M: PIQA and ARC-Easy fall towards chance."""
+    base = BaseModel(str(embedded_model_dir), embedded_model_dir, sha256_dir(embedded_model_dir))
+    damaging = lora_adapter(base, tmp_path / "damaging", random_b=True)
+    config = config_for(tmp_path, general={"tasks": ["piqa", "arc_easy"], "limit": 60})
+    lineage = Lineage(":memory:")
+    before = stages.evaluate_recorded(config, lineage, "run", base, None, "general")
+    after = stages.evaluate_recorded(config, lineage, "run", base, damaging, "general")
+
+    piqa = before[0].metrics["acc_norm"][0]
+    assert piqa > 0.6  # the base model is clearly above chance (0.5)...
+    assert after[0].metrics["acc_norm"][0] < piqa - 0.1  # ...the damaged one is not
+    gates = stages.general_gates(config, before, after)
+    print(*(g.reason for g in gates), sep="\n")
+    assert not gates[0].passed and "beyond the tolerated drop" in gates[0].reason  # PIQA
