@@ -167,7 +167,7 @@ def run_tunegate(directory: str) -> dict[str, object]:
     from tunegate.config import parse_config
     from tunegate.curate import _rows, build_stages
     from tunegate.lineage import Lineage
-    from tunegate.quality.funnel import AcceptedRecords, Funnel
+    from tunegate.quality.funnel import AcceptedRecords, Funnel, frozen_heap
 
     d = Path(directory)
     config = parse_config({
@@ -186,16 +186,18 @@ def run_tunegate(directory: str) -> dict[str, object]:
     write_s, files = 0.0, []
     memory, mark = [], 4096  # (rows read, RSS MB, dedup index MB) at 4k, 8k, 16k, ... rows
     t0 = time.perf_counter()
-    for batch in funnel.run(_rows(config, files)):
-        t1 = time.perf_counter()
-        lineage.record_verdicts(run_id, batch.verdicts)
-        lineage.record_records((r.record_id, r.messages_json(), r.origin) for r in batch.accepted)
-        spool.extend(batch.accepted)
-        write_s += time.perf_counter() - t1
-        if funnel.stats.n_input >= mark:
-            index_mb = sum(getattr(s, "nbytes", 0) for s in stages) / 2**20
-            memory.append((funnel.stats.n_input, _rss_mb(), index_mb))
-            mark *= 2
+    with frozen_heap():  # as `curate` does
+        for batch in funnel.run(_rows(config, files)):
+            t1 = time.perf_counter()
+            lineage.record_verdicts(run_id, batch.verdicts)
+            lineage.record_records((r.record_id, r.messages_json(), r.origin)
+                                   for r in batch.accepted)  # fmt: skip
+            spool.extend(batch.accepted)
+            write_s += time.perf_counter() - t1
+            if funnel.stats.n_input >= mark:
+                index_mb = sum(getattr(s, "nbytes", 0) for s in stages) / 2**20
+                memory.append((funnel.stats.n_input, _rss_mb(), index_mb))
+                mark *= 2
     total = time.perf_counter() - t0
     spool.close()
     st = funnel.stats

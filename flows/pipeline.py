@@ -29,6 +29,7 @@ from tunegate.quality.template import load_tokenizer
 from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
+from tunegate.train_report import training_section
 
 
 def _stage(lineage: Lineage, run_id: str, stage: str, started: datetime, **metrics: object) -> None:
@@ -173,6 +174,7 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
         raise
     report = write_report(config.resolve("reports"), run_id, {
         "Curation": funnel_markdown(curation.n_input, curation.reasons),
+        "Training": training_section(lineage, adapter, config.resolve("reports") / run_id),
         "Evals (base vs adapter)": "\n\n".join(
             f"**{b.task}**\n\n" + metrics_markdown(b.metrics, a.metrics)
             for b, a in zip(base_evals, adapter_evals, strict=True)) + f"\n\nReport: {eval_report}",

@@ -1,6 +1,7 @@
 """A flow with synthetic rows pending pauses, and resumes, on Prefect's temporary server.
 
-The flow wires the real pieces the pipeline uses (`flows/review.py`: triage, the pause with
+The flow wires the real tasks the pipeline uses (`flows/pipeline.py`'s `curate_data` with the
+template gate and the funnel artifact; `flows/review.py`: triage, the pause with
 `pause_flow_run(wait_for_input=ReviewDone)`, closing the queue); only training is left out.
 """
 
@@ -13,16 +14,17 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_conserved, make_config, write_jsonl
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.flow_runs import resume_flow_run
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.pipeline import curate_data
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate.config import PipelineConfig
-from tunegate.curate import curate
 from tunegate.lineage import Lineage
+from tunegate.models import BaseModel
 from tunegate.review.stage import decide
 
 pytestmark = pytest.mark.timeout(600)
@@ -43,16 +45,12 @@ ROWS = [
 ]
 
 
-@task(cache_policy=NO_CACHE)
-def curate_rows(config: PipelineConfig, lineage: Lineage, run_id: str):
-    return curate(config, lineage, run_id)
-
-
 @flow(name="review-pause-test")
-def review_flow(config: PipelineConfig, run_id: str) -> dict[str, object]:
+def review_flow(config: PipelineConfig, run_id: str, model_dir: str) -> dict[str, object]:
     """Curate → triage → pause while rows are pending → close the queue (the pipeline's order)."""
     lineage = Lineage(config.workspace_dir / "lineage.duckdb")
-    curation = curate_rows(config, lineage, run_id)
+    base = BaseModel(ref=model_dir, path=Path(model_dir), sha256="test")  # renders the rows
+    curation = curate_data(config, lineage, run_id, base)
     triage = triage_synthetic(config, lineage, run_id, curation, None)
     why = wait_for_review(config, lineage, run_id)
     result = close_review_queue(config, lineage, run_id, triage, None, why)
@@ -65,6 +63,12 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="module")
+def model(embedded_model_dir: Path) -> Path:
+    """The embedded model: curation renders the rows with its tokenizer and chat template."""
+    return embedded_model_dir
+
+
 def setup(tmp_path: Path, **review: object) -> tuple[PipelineConfig, Lineage, str]:
     write_jsonl(tmp_path / "rows.jsonl", ROWS)
     review = {"wait": True, "poll_interval_s": 1, "timeout_s": 120, **review}
@@ -74,13 +78,13 @@ def setup(tmp_path: Path, **review: object) -> tuple[PipelineConfig, Lineage, st
     return cfg, lineage, lineage.start_run("test", cfg.config_hash(), "{}")
 
 
-def start(cfg: PipelineConfig, run_id: str) -> tuple[threading.Thread, dict]:
+def start(cfg: PipelineConfig, run_id: str, model: Path) -> tuple[threading.Thread, dict]:
     """Run the flow in a thread (inside this context: the harness's API settings)."""
     out: dict = {}
 
     def target() -> None:
         try:
-            out["state"] = review_flow(cfg, run_id, return_state=True)
+            out["state"] = review_flow(cfg, run_id, str(model), return_state=True)
         except BaseException as exc:
             out["error"] = exc
 
@@ -106,9 +110,9 @@ def counts(lineage: Lineage, run_id: str) -> dict[str, int]:
     return assert_conserved(lineage, run_id, len(ROWS))  # also while the flow is paused
 
 
-def test_pending_rows_pause_the_flow_until_a_reviewer_resumes_it(prefect_server, tmp_path):
+def test_pending_rows_pause_the_flow_until_a_reviewer_resumes_it(prefect_server, model, tmp_path):
     cfg, lineage, run_id = setup(tmp_path, auto_resume=False)
-    thread, out = start(cfg, run_id)
+    thread, out = start(cfg, run_id, model)
     paused = paused_flow_run()
     assert counts(lineage, run_id) == {"accepted": 2, "review_pending": 2}
     items = {i["source_row"]: i["item_id"] for i in lineage.review_items(run_id)}
@@ -127,11 +131,17 @@ def test_pending_rows_pause_the_flow_until_a_reviewer_resumes_it(prefect_server,
     assert result["accepted"] == ["My order A00001 has not arrived.", "Refund order B00001 please.",
                                   "Cancel B00002."]  # fmt: skip
     assert lineage.review_counts(run_id) == {"accepted": 1, "rejected": 1}
+    with get_client(sync_client=True) as client:  # the curation task's funnel artifact
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curation-funnel"])))
+    funnel = next(a.data for a in artifacts if a.flow_run_id == paused.id)
+    assert "**4 input rows**" in funnel and "| accepted | 4 |" in funnel
+    assert "| template_render | template |" in funnel  # the template gate ran with the tokenizer
 
 
-def test_the_flow_resumes_by_itself_once_every_row_is_decided(prefect_server, tmp_path):
+def test_the_flow_resumes_by_itself_once_every_row_is_decided(prefect_server, model, tmp_path):
     cfg, lineage, run_id = setup(tmp_path)
-    thread, out = start(cfg, run_id)
+    thread, out = start(cfg, run_id, model)
     paused_flow_run()
     for item in lineage.review_items(run_id):
         decide(lineage, item["item_id"], "accept", "carol")
@@ -142,9 +152,9 @@ def test_the_flow_resumes_by_itself_once_every_row_is_decided(prefect_server, tm
     assert counts(lineage, run_id) == {"accepted": 4}
 
 
-def test_a_timeout_leaves_pending_rows_rejected(prefect_server, tmp_path):
+def test_a_timeout_leaves_pending_rows_rejected(prefect_server, model, tmp_path):
     cfg, lineage, run_id = setup(tmp_path, timeout_s=3, auto_resume=False)
-    thread, out = start(cfg, run_id)
+    thread, out = start(cfg, run_id, model)
     thread.join(timeout=120)
     assert "error" not in out, out.get("error")
     assert out["state"].result()["why"] == "the pause timed out after 3 s"
@@ -152,9 +162,9 @@ def test_a_timeout_leaves_pending_rows_rejected(prefect_server, tmp_path):
     assert lineage.review_counts(run_id) == {"expired": 2}
 
 
-def test_a_timeout_fails_the_run_under_the_fail_policy(prefect_server, tmp_path):
+def test_a_timeout_fails_the_run_under_the_fail_policy(prefect_server, model, tmp_path):
     cfg, lineage, run_id = setup(tmp_path, timeout_s=3, auto_resume=False, on_timeout="fail")
-    thread, out = start(cfg, run_id)
+    thread, out = start(cfg, run_id, model)
     thread.join(timeout=120)
     state = out.get("state")
     assert state is not None and state.is_failed(), out
@@ -162,9 +172,9 @@ def test_a_timeout_fails_the_run_under_the_fail_policy(prefect_server, tmp_path)
     assert counts(lineage, run_id) == {"accepted": 2, "review_pending": 2}
 
 
-def test_without_review_wait_the_flow_does_not_pause(prefect_server, tmp_path):
+def test_without_review_wait_the_flow_does_not_pause(prefect_server, model, tmp_path):
     cfg, lineage, run_id = setup(tmp_path, wait=False)
-    thread, out = start(cfg, run_id)
+    thread, out = start(cfg, run_id, model)
     thread.join(timeout=120)
     assert out["state"].result()["why"] == "review.wait is off"
     assert counts(lineage, run_id) == {"accepted": 2, "review_pending": 2}

@@ -121,6 +121,83 @@ def curate(config: ConfigArg) -> None:
                       f"accepted): tunegate review serve --run {run_id}")  # fmt: skip
 
 
+@app.command("train")
+def train_cmd(
+    config: ConfigArg,
+    snapshot: Annotated[
+        str | None, typer.Option(help="Snapshot id (a unique prefix) or file; default: latest.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Adapter directory; default <workspace>/adapters/<training run id>. "
+                     "Required with several processes."),
+    ] = None,
+) -> None:  # fmt: skip
+    """QLoRA-train an adapter on a curated snapshot, recorded in the lineage.
+
+    One process, or several under `accelerate launch` (DDP): each trains on its share of every
+    step; the main one records and saves.
+    """
+    from tunegate import stages
+    from tunegate.lineage import LineageError
+    from tunegate.models import resolve_base_model
+    from tunegate.snapshot import Snapshot
+    from tunegate.train import TrainError, is_main_process, process_state
+
+    cfg = _config(config)
+    procs = process_state()
+    if procs.num_processes > 1 and out is None:
+        err.print("[red]--out is required with several processes[/red] (they share one adapter)")
+        raise typer.Exit(1)
+    main = is_main_process()
+    lineage = stages.open_lineage(cfg)
+    try:
+        row = lineage.snapshot(snapshot)
+    except LineageError as exc:
+        err.print(f"[red]{exc}[/red] (`tunegate run` or `tunegate curate` writes snapshots)")
+        raise typer.Exit(1) from None
+    snap = Snapshot(row["snapshot_id"], Path(row["path"]), ())
+    with procs.main_process_first():  # the embedded model is de-quantized once, by the main one
+        base = (stages.prepare_base_model(cfg, lineage) if main
+                else resolve_base_model(cfg.model.base_model, cfg.workspace_dir))  # fmt: skip
+    run_id = lineage.start_run("train", cfg.config_hash(), cfg.model_dump_json()) if main else ""
+    try:
+        result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap, out)
+    except (TrainError, ValueError) as exc:
+        if main:
+            lineage.end_run(run_id, "failed", str(exc))
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if main:
+        lineage.end_run(run_id, "completed")
+        console.print(f"adapter {result.adapter_id} ({result.steps} steps) in {result.adapter_dir}")
+
+
+@app.command("export")
+def export_cmd(
+    adapter: Annotated[str, typer.Argument(help="Adapter id (a unique prefix is enough).")],
+    merged: Annotated[
+        Path, typer.Option(help="Output directory of the merged safetensors model.")
+    ],
+    gguf: Annotated[
+        Path | None, typer.Option(help="Also write this GGUF file (llama.cpp).")
+    ] = None,
+    gguf_type: Annotated[str, typer.Option(help="GGUF tensor type: f16 or f32.")] = "f16",
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:  # fmt: skip
+    """Merge an adapter into its de-quantized base: a standalone model (and GGUF)."""
+    from tunegate.export import ExportError, export_adapter
+
+    try:
+        model, gguf_file = export_adapter(_lineage(workspace), adapter, merged, gguf, gguf_type)
+    except ExportError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"merged model {model.sha256[:16]} in {model.path}")
+    if gguf_file is not None:
+        console.print(f"GGUF ({gguf_type}) in {gguf_file}")
+
+
 @app.command()
 def verdicts(
     workspace: WorkspaceOpt = Path(".tunegate"),

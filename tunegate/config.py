@@ -292,23 +292,70 @@ class LoraConfig(Section):
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules that get adapters; `all-linear` as in QLoRA."
     )
+    use_rslora: bool = Field(
+        False,
+        description="Rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r, so a "
+        "higher rank still learns at the same pace.",
+    )
+    use_dora: bool = Field(
+        False,
+        description="DoRA: learn a magnitude per output and a LoRA direction; slower per step "
+        "(the base weight's norm is recomputed, NF4 weights unpacked for it).",
+    )
 
 
 class TrainConfig(Section):
     quantization: Literal["nf4", "none"] = Field(
         "nf4", description="Base weights in NF4 with double quantization (QLoRA), or full."
     )
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="dtype the matmuls run in; `auto`: bf16 on GPUs that have it, on CPU bf16 "
+        "only with native bf16 instructions, else fp32 (faster there, measured).",
+    )
     learning_rate: float = Field(1e-3, ge=0.0, description="Peak learning rate.")
     max_steps: int = Field(40, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Rows per device per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per step.")
+    batch_size: int = Field(8, ge=1, description="Rows per micro-batch, per process.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1,
+        description="Micro-batches per optimizer step: rows per step = batch_size x this x "
+        "processes. The loss is averaged over all label tokens of the step.",
+    )  # fmt: skip
+    padding_free: bool = Field(
+        True,
+        description="Concatenate each micro-batch's rows into one sequence with restarting "
+        "position ids: no padding, and the attention mask built from the position ids keeps "
+        "rows from attending to each other. false: pad each micro-batch to its longest row.",
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass to save memory; `auto`: on GPUs "
+        "only (on CPU small micro-batches bound memory without the recompute).",
+    )
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share of steps warming up.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Learning-rate schedule after warmup."
     )
     max_seq_length: int = Field(512, ge=16, description="Longest rendered row in tokens.")
-    seed: int = Field(42, description="Seed for data order, LoRA init and dropout.")
+    seed: int = Field(
+        42, description="Seed for data order, validation split, LoRA init and dropout."
+    )
     logging_steps: int = Field(5, ge=1, description="Steps between loss records.")
+    validation_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0,
+        description="Share of snapshot rows held out (seeded) for the eval loss; 0: no eval loss.",
+    )  # fmt: skip
+    eval_steps: int = Field(10, ge=1, description="Steps between eval-loss measurements.")
+    checkpoint_steps: int = Field(
+        10, ge=0,
+        description="Steps between checkpoints in `<workspace>/checkpoints/<job>/`; 0: none. "
+        "Deleted once the adapter is saved.",
+    )  # fmt: skip
+    resume: bool = Field(
+        True,
+        description="Resume from the last complete checkpoint of the same job (config, base "
+        "weights, snapshot and process count), e.g. after a killed run.",
+    )
 
 
 GeneralTask = Literal["piqa", "arc_easy", "hellaswag"]
@@ -326,7 +373,7 @@ class GeneralEvalConfig(Section):
         50, ge=1,
         description="First N items per task (the files hold 500 each, in a fixed random order); "
         "null: all. Bounds the run time: N x (2 + 4 + 4) log-likelihood requests per subject, "
-        "~1.3 s per N on 2 CPU cores for the embedded model.",
+        "~1.1 s per N on 2 CPU cores for the embedded model.",
     )  # fmt: skip
     batch_size: int = Field(16, ge=1, description="Log-likelihood requests per forward pass.")
 

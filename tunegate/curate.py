@@ -25,7 +25,13 @@ from tunegate.quality.contamination import Contamination, EvalIndex
 from tunegate.quality.contract import REPO_ROOT, RecordContract
 from tunegate.quality.dedup import DuplicateResponses, ExactDuplicates
 from tunegate.quality.expectations import SuiteResult, curated_frame, validate_batch
-from tunegate.quality.funnel import AcceptedRecords, Funnel, FunnelStats, RunVerdicts
+from tunegate.quality.funnel import (
+    AcceptedRecords,
+    Funnel,
+    FunnelStats,
+    RunVerdicts,
+    frozen_heap,
+)
 from tunegate.quality.near_dup import NearDuplicates
 from tunegate.quality.report import write_quality_report
 from tunegate.quality.template import (
@@ -190,14 +196,15 @@ def curate(
         parsed.clear()
 
     try:
-        for batch in funnel.run(_rows(config, result.files)):
-            pending.extend(batch.verdicts)
-            for r in batch.accepted:  # rejected rows keep their raw text in row_verdicts
-                parsed.setdefault(r.record_id, (r.record_id, r.messages_json(), r.origin))
-            accepted_records.extend(batch.accepted)
-            if len(pending) >= 16384:
-                flush()
-        flush()
+        with frozen_heap():
+            for batch in funnel.run(_rows(config, result.files)):
+                pending.extend(batch.verdicts)
+                for r in batch.accepted:  # rejected rows keep their raw text in row_verdicts
+                    parsed.setdefault(r.record_id, (r.record_id, r.messages_json(), r.origin))
+                accepted_records.extend(batch.accepted)
+                if len(pending) >= 16384:
+                    flush()
+            flush()
     finally:
         accepted_records.close()
         _close(stages)

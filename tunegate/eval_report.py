@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunegate.evaluate import EvalOutcome
+from tunegate.evaluate import EvalOutcome, Sample
 from tunegate.gates import GateResult
 from tunegate.registry import Decision
 from tunegate.stats import Interval, mean_interval, paired_difference
@@ -138,9 +138,13 @@ def _examples(base: EvalOutcome, adapter: EvalOutcome, per_side: int) -> str:
     """Items where the adapter's primary score beats the base model's, and where it trails."""
     by_id = {s.item_id: s for s in base.samples}
     pairs = [(by_id[s.item_id], s) for s in adapter.samples if s.item_id in by_id]
-    by_gain = sorted(pairs, key=lambda p: p[1].score - p[0].score)  # largest losses first
-    wins = [p for p in reversed(by_gain) if p[1].score > p[0].score]
-    losses = [p for p in by_gain if p[1].score < p[0].score]
+
+    def gain(pair: tuple[Sample, Sample]) -> float:
+        return pair[1].score - pair[0].score
+
+    # Largest differences first, ties in item order.
+    wins = sorted((p for p in pairs if gain(p) > 0), key=lambda p: (-gain(p), p[0].item_id))
+    losses = sorted((p for p in pairs if gain(p) < 0), key=lambda p: (gain(p), p[0].item_id))
     same = len(pairs) - len(wins) - len(losses)
     parts = [
         f"<p class=muted>{len(wins)} items better with the adapter, {len(losses)} worse, "

@@ -29,8 +29,8 @@ def heldout_gain_gate(
 ) -> GateResult:
     """The adapter must beat the base model on the held-out metric by `min_heldout_gain`."""
     if config.metric not in base or config.metric not in adapter:
-        return GateResult("heldout_gain", False, float("nan"), config.min_heldout_gain,
-                          f"metric {config.metric!r} missing from the held-out results")  # fmt: skip
+        why = f"metric {config.metric!r} missing from the held-out results"
+        return GateResult("heldout_gain", False, float("nan"), config.min_heldout_gain, why)
     b, a = base[config.metric][0], adapter[config.metric][0]
     gain = a - b
     passed = gain >= config.min_heldout_gain

@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS training_runs (
 CREATE TABLE IF NOT EXISTS train_log (
   training_run_id VARCHAR, step BIGINT, loss DOUBLE, learning_rate DOUBLE,
   tokens_per_s DOUBLE, logged_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS train_eval_log (
+  training_run_id VARCHAR, step BIGINT, eval_loss DOUBLE, logged_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS adapters (
   adapter_id VARCHAR PRIMARY KEY, training_run_id VARCHAR, path VARCHAR,
   base_model_sha256 VARCHAR, snapshot_id VARCHAR, config_hash VARCHAR, created_at TIMESTAMP);
@@ -376,6 +378,27 @@ class Lineage:
                 [sha256, ref, path, now()],
             )
 
+    def snapshot(self, ref: str | None = None) -> dict[str, Any]:
+        """A snapshot by id prefix or file path; None: the latest one written."""
+        if ref is None:
+            rows = self.query("SELECT * FROM snapshots ORDER BY created_at DESC LIMIT 1")
+        else:
+            rows = self.query(
+                "SELECT * FROM snapshots WHERE snapshot_id LIKE ? || '%' OR path = ?",
+                [ref, str(Path(ref).resolve())],
+            )
+        if len(rows) != 1:
+            what = "no snapshot" if not rows else f"{len(rows)} snapshots"
+            raise LineageError(f"{what} matching {ref!r} in {self.path}")
+        return rows[0]
+
+    def base_model(self, sha256: str) -> dict[str, Any]:
+        """The base model recorded under this weights hash (ref and local path)."""
+        rows = self.query("SELECT * FROM base_models WHERE sha256 = ?", [sha256])
+        if not rows:
+            raise LineageError(f"no base model with sha256 {sha256[:12]} in {self.path}")
+        return rows[0]
+
     def start_training(
         self, run_id: str, snapshot_id: str, config_hash: str, seed: int, base_sha: str
     ) -> str:
@@ -403,6 +426,24 @@ class Lineage:
                 "INSERT INTO train_log VALUES (?, ?, ?, ?, ?, ?)",
                 [training_run_id, step, loss, lr, tokens_per_s, now()],
             )
+
+    def record_eval_loss(self, training_run_id: str, step: int, eval_loss: float) -> None:
+        """Loss on the held-out validation rows, measured every `train.eval_steps` steps."""
+        with self._tx() as con:
+            con.execute(
+                "INSERT INTO train_eval_log VALUES (?, ?, ?, ?)",
+                [training_run_id, step, eval_loss, now()],
+            )
+
+    def loss_curve(self, training_run_id: str) -> list[dict[str, Any]]:
+        """Train and eval loss by step, for plots: one row per step that has either."""
+        return self.query(
+            "SELECT step, t.loss, e.eval_loss FROM "
+            "(SELECT step, loss FROM train_log WHERE training_run_id = ?) t "
+            "FULL JOIN (SELECT step, eval_loss FROM train_eval_log WHERE training_run_id = ?) e "
+            "USING (step) ORDER BY step",
+            [training_run_id, training_run_id],
+        )
 
     def record_adapter(
         self,

@@ -50,21 +50,33 @@ def prepare_base_model(config: PipelineConfig, lineage: Lineage) -> BaseModel:
 
 
 def train_recorded(
-    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel, snap: Snapshot
-) -> TrainResult:
-    """Train on a snapshot, logging the loss curve and the adapter to the lineage."""
+    config: PipelineConfig, lineage: Lineage | None, run_id: str, base: BaseModel,
+    snap: Snapshot, output_dir: Path | None = None,
+) -> TrainResult:  # fmt: skip
+    """Train on a snapshot, logging the loss curve and the adapter to the lineage.
+
+    Under `accelerate launch` every process trains and only the main one records (lineage
+    None elsewhere), so the others are told the adapter directory (`output_dir`).
+    """
+    if lineage is None:
+        if output_dir is None:
+            raise ValueError("a process that does not record needs the adapter output_dir")
+        return train_adapter(config, base, snap.path, output_dir)
     training_run_id = lineage.start_training(
         run_id, snap.snapshot_id, config.config_hash(), config.train.seed, base.sha256
     )
 
     def on_log(entry: dict[str, float]) -> None:
+        step = int(entry.get("step", 0))
         if "loss" in entry:
             lineage.record_train_log(
-                training_run_id, int(entry.get("step", 0)), float(entry["loss"]),
+                training_run_id, step, float(entry["loss"]),
                 float(entry.get("learning_rate", 0.0)), float(entry.get("tokens_per_s", 0.0)),
             )  # fmt: skip
+        elif "eval_loss" in entry:
+            lineage.record_eval_loss(training_run_id, step, float(entry["eval_loss"]))
 
-    out = config.workspace_dir / "adapters" / training_run_id
+    out = output_dir or config.workspace_dir / "adapters" / training_run_id
     try:
         result = train_adapter(
             config, base, snap.path, out, on_log=on_log,

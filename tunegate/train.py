@@ -1,49 +1,60 @@
 """QLoRA training: a curated snapshot in, a LoRA adapter directory with a manifest out.
 
 The recipe reads top to bottom in `train_adapter`:
-  1. tokenize the snapshot with the base model's own chat template, labels on assistant turns only;
+  1. tokenize the snapshot with the base model's own chat template, labels on assistant turns
+     only, and set a seeded validation split aside;
   2. load the base model (NF4 with double quantization for QLoRA, else plain weights);
-  3. train with TRL's `SFTTrainer`, recording every logged loss and the measured tokens/s;
+  3. train with TRL's `SFTTrainer`: padding-free micro-batches, loss only where there are
+     labels, eval loss every N steps, a checkpoint every N steps in the workspace, and a
+     resume from the last complete one when the same job was killed before;
   4. save the adapter and tokenizer, hash the adapter weights, write `manifest.json`.
+
+It runs as one process or as several under `accelerate launch` (DDP); every process trains,
+the main one saves.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
+import ctypes
 import logging
 import math
+import os
 import resource
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunegate.checkpoints import (
+    checkpoint_dir,
+    checkpoint_step,
+    job_key,
+    last_complete_checkpoint,
+    remove_incomplete,
+)
 from tunegate.config import LoraConfig, PipelineConfig, TrainConfig
-from tunegate.models import BaseModel, sha256_dir
+from tunegate.manifest import build_manifest, read_manifest, write_manifest
+from tunegate.models import BaseModel, sha256_dir, sha256_file
 from tunegate.snapshot import read_snapshot
 
 if TYPE_CHECKING:
     import torch
+    from accelerate import PartialState
     from peft import LoraConfig as PeftLoraConfig
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
     from trl import SFTConfig
 
     from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 # `constant` means constant after warmup here; transformers' plain `constant` ignores warmup.
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-MANIFEST_KEYS = frozenset(
-    {"adapter_id", "base_model", "config_hash", "seed", "steps", "device", "quantization",
-     "compute_dtype", "train", "lora", "metrics", "log_history", "versions", "created_at"}
-)  # fmt: skip
+# Checkpoints kept on disk: the newest may be half-written when a run is killed.
+KEEP_CHECKPOINTS = 2
 
 
 class TrainError(RuntimeError):
@@ -155,7 +166,25 @@ def build_dataset(
     )
 
 
+def split_validation(
+    dataset: Dataset, fraction: float, seed: int
+) -> tuple[Dataset, Dataset | None]:
+    """Set `fraction` of the rows aside for the eval loss; the same seed picks the same rows."""
+    n_val = int(len(dataset) * fraction)
+    if n_val == 0:
+        return dataset, None
+    if n_val >= len(dataset):
+        raise TrainError(f"train.validation_fraction {fraction} leaves no row to train on")
+    split = dataset.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+    return split["train"], split["test"]
+
+
 # 2. Load the base model -----------------------------------------------------------------------
+
+
+def is_main_process() -> bool:
+    """True alone, and in rank 0 under `accelerate launch`: the process that records and saves."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def pick_device() -> str:
@@ -165,47 +194,90 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def compute_dtype(device: str) -> torch.dtype:
-    """bf16 where the hardware runs it natively, else fp32.
+def compute_dtype(setting: str, device: str) -> torch.dtype:
+    """The dtype matmuls run in: the configured one, or for `auto` the fastest one measured.
 
-    On a CPU without bf16 instructions (AVX2 only) oneDNN emulates bf16: a bf16 matmul measured
-    40x slower than fp32 there, so "bf16 everywhere" would turn minutes into hours.
+    bf16 on GPUs that have it. On CPU, bf16 only where the CPU has bf16 instructions
+    (AVX512-BF16 / AMX): on an AVX2-only CPU oneDNN emulates it, and a QLoRA step of the
+    embedded model measured 2.3x slower in bf16 than in fp32 (README, "Training").
     """
     import torch
 
+    if setting != "auto":
+        return getattr(torch, setting)
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     has_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return torch.bfloat16 if has_bf16 is not None and has_bf16() else torch.float32
 
 
-def load_base(base: BaseModel, quantization: str, device: str) -> PreTrainedModel:
-    """Load the base for training: NF4 + double quantization as in QLoRA, or plain weights."""
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+def use_gradient_checkpointing(setting: str, device: str) -> bool:
+    """`auto`: recompute activations on GPUs only.
 
-    dtype = compute_dtype(device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device}
-    if quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
+    On CPU the default micro-batch is small (2 rows, gradient accumulation makes up the step),
+    which already bounds activation memory; recomputing them measured +60% step time there.
+    """
+    return setting == "on" or (setting == "auto" and device == "cuda")
+
+
+def process_state() -> PartialState:
+    """This process's place in the group `accelerate launch` started (alone: a group of one).
+
+    Created with `cpu=` for a CPU run because accelerate only joins CPU processes into a gloo
+    group when asked for CPU; the trainer then reuses this same (singleton) state.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=pick_device() == "cpu")
+
+
+def device_map(device: str) -> dict[str, int] | str:
+    """Each process keeps the whole model on its own device (DDP replicates, it does not shard)."""
+    return {"": process_state().local_process_index} if device == "cuda" else device
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by loading back to the OS.
+
+    Quantizing to NF4 passes every weight through fp32 temporaries; glibc keeps the freed heap,
+    so resident memory stays ~400 MB higher for the whole run unless it is trimmed.
+    """
+    with suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def nf4_config(dtype: torch.dtype) -> BitsAndBytesConfig:
+    """QLoRA's quantization: NF4 with double quantization (export reloads the base with it)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_base(base: BaseModel, train: TrainConfig, device: str) -> PreTrainedModel:
+    """Load the base for training: NF4 + double quantization as in QLoRA, or plain weights."""
+    import gc
+
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    dtype = compute_dtype(train.compute_dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map(device)}
+    if train.quantization == "nf4":
+        kwargs["quantization_config"] = nf4_config(dtype)
     model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     model.config.use_cache = False  # the KV cache only costs memory while training
-    if quantization == "nf4":
+    if train.quantization == "nf4":
         # Freezes the base, upcasts the small unquantized parts to fp32 for stable training.
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=use_gradient_checkpointing(device)
-        )
+        # Checkpointing is left to the trainer (`activation_checkpointing`), one switch only.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    gc.collect()
+    release_freed_memory()
     return model
-
-
-def use_gradient_checkpointing(device: str) -> bool:
-    """Trade compute for memory only on GPUs: on CPU, RAM is plentiful and time is not."""
-    return device == "cuda"
 
 
 # 3. Train ---------------------------------------------------------------------------------------
@@ -220,72 +292,78 @@ def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
         task_type="CAUSAL_LM",
     )
 
 
-def sft_config(train: TrainConfig, work_dir: Path, device: str) -> SFTConfig:
-    """TRL arguments from the config; nothing is saved by the trainer, we save the adapter."""
+def sft_config(train: TrainConfig, work_dir: Path, device: str, with_eval: bool) -> SFTConfig:
+    """TRL arguments from the config; the trainer writes only checkpoints, we save the adapter."""
     import torch
     from trl import SFTConfig
 
+    dtype = compute_dtype(train.compute_dtype, device)
+    steps = train.max_steps
     return SFTConfig(
         output_dir=str(work_dir),
         learning_rate=train.learning_rate,
-        max_steps=train.max_steps,
+        max_steps=steps,
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         # An int: transformers 5 dropped `warmup_ratio` and reads a float < 1 as a ratio.
-        warmup_steps=math.ceil(train.max_steps * train.warmup_ratio),
+        warmup_steps=math.ceil(steps * train.warmup_ratio),
         lr_scheduler_type=SCHEDULERS[train.lr_scheduler],
         seed=train.seed,
         data_seed=train.seed,
         logging_steps=train.logging_steps,
         logging_first_step=True,  # the curve starts at the untrained loss
-        max_length=train.max_seq_length,
-        packing=False,  # pad to the longest row of each batch (the collator's default)
-        activation_checkpointing=use_gradient_checkpointing(device),
-        bf16=compute_dtype(device) == torch.bfloat16,
+        # Rows are checked against max_seq_length when tokenized and never truncated; TRL
+        # refuses a length limit in padding-free mode without packing, so none is passed.
+        max_length=None if train.padding_free else train.max_seq_length,
+        packing=False,
+        padding_free=train.padding_free,
+        # Padding-free batches have no padding, and no attention mask to count it with.
+        include_num_input_tokens_seen="all" if train.padding_free else "non_padding",
+        activation_checkpointing=use_gradient_checkpointing(train.gradient_checkpointing, device),
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
         use_cpu=device == "cpu",
-        save_strategy="no",
+        eval_strategy="steps" if with_eval else "no",
+        eval_steps=train.eval_steps,
+        # No activations are kept in eval: one call for a whole step's rows, fewer NF4 unpackings.
+        per_device_eval_batch_size=train.batch_size * train.gradient_accumulation_steps,
+        prediction_loss_only=True,
+        save_strategy="steps" if train.checkpoint_steps else "no",
+        save_steps=train.checkpoint_steps or steps,
+        save_total_limit=KEEP_CHECKPOINTS,
         report_to="none",
         dataloader_num_workers=0,
     )
 
 
-def make_log_recorder(
-    on_log: Callable[[dict[str, float]], None] | None,
-) -> tuple[TrainerCallback, list[dict[str, float]]]:
-    """A callback that adds tokens/s to each step log, keeps the history and forwards it.
+@contextmanager
+def score_label_positions_only() -> Iterator[None]:
+    """Let TRL's fused LM head project only the positions that carry a label, on any device.
 
-    It also logs the final step whatever `logging_steps` is, so `last_loss` and the trained
-    token count describe the whole run.
+    TRL does so on Triton devices only and projects every position elsewhere, to keep shapes
+    fixed for compiled backends. Eager CPU compiles nothing, and with assistant-only loss about
+    three positions in four are prompt: the 49k-wide head on them measured a quarter of a CPU
+    step and most of its peak memory. Same loss, same gradients (tests/test_train.py).
+    If a TRL upgrade renames the switch, training still runs, only slower.
     """
-    from transformers import TrainerCallback
+    from unittest import mock
 
-    history: list[dict[str, float]] = []
+    import trl.trainer.utils as trl_utils
 
-    class LogRecorder(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.last = (time.perf_counter(), 0.0)
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step >= state.max_steps:
-                control.should_log = True  # the curve always ends at the final step
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any):
-            if not logs or "loss" not in logs:  # the end-of-run summary is read from train()
-                return
-            now, tokens = time.perf_counter(), float(logs.get("num_tokens", 0.0))
-            entry = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
-            entry["step"] = float(state.global_step)
-            entry["tokens_per_s"] = (tokens - self.last[1]) / max(now - self.last[0], 1e-9)
-            self.last = (now, tokens)
-            history.append(entry)
-            if on_log is not None:
-                on_log(dict(entry))
-
-    return LogRecorder(), history
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        log.warning("trl.trainer.utils._use_triton is gone: the LM head scores every position")
+        yield
+        return
+    with mock.patch.object(trl_utils, "_use_triton", lambda device: True):
+        yield
 
 
 def match_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -314,12 +392,11 @@ def _check_labels(dataset: Dataset, n_rows: int, n_label_tokens: int) -> None:
         )
 
 
+def label_tokens(dataset: Dataset) -> int:
+    return sum(sum(m) for m in dataset["assistant_masks"])
+
+
 # 4. Save ----------------------------------------------------------------------------------------
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that decide whether an adapter can be reproduced or even loaded."""
-    return {name: importlib.metadata.version(name) for name in LIBRARIES}
 
 
 def peak_rss_mb() -> float:
@@ -327,54 +404,38 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def loss_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Train and eval records of the whole run, killed sessions included (the trainer state
+    that a checkpoint carries keeps them)."""
+    keep = ("step", "loss", "eval_loss", "learning_rate", "grad_norm", "num_input_tokens_seen")
+    return [
+        {k: float(e[k]) for k in keep if isinstance(e.get(k), int | float)}
+        for e in log_history
+        if "loss" in e or "eval_loss" in e
+    ]
+
+
 def summarize(
-    history: list[dict[str, float]], summary: dict[str, float], steps: int
-) -> dict[str, float]:
-    """The run's numbers for gates and reports; tokens are non-padding input tokens."""
-    trained_tokens = history[-1].get("num_tokens", 0.0) if history else 0.0
+    curve: list[dict[str, float]], summary: dict[str, float], trained_tokens: float,
+    session_tokens: float,
+) -> dict[str, float]:  # fmt: skip
+    """The run's numbers for gates and reports; tokens are non-padding input tokens.
+
+    Rates cover this process's session: after a resume, the steps before it ran elsewhere.
+    """
+    train = [e for e in curve if "loss" in e]
+    evals = [e["eval_loss"] for e in curve if "eval_loss" in e]
     runtime = float(summary.get("train_runtime", 0.0))
     return {
         "train_loss": float(summary.get("train_loss", math.nan)),
-        "first_loss": history[0]["loss"] if history else math.nan,
-        "last_loss": history[-1]["loss"] if history else math.nan,
+        "first_loss": train[0]["loss"] if train else math.nan,
+        "last_loss": train[-1]["loss"] if train else math.nan,
+        "last_eval_loss": evals[-1] if evals else math.nan,
         "train_runtime_s": runtime,
-        "s_per_step": runtime / max(steps, 1),
         "trained_tokens": trained_tokens,
-        "tokens_per_s": trained_tokens / runtime if runtime > 0 else 0.0,
+        "tokens_per_s": session_tokens / runtime if runtime > 0 else 0.0,
         "peak_rss_mb": peak_rss_mb(),
     }
-
-
-def build_manifest(
-    config: PipelineConfig,
-    base: BaseModel,
-    adapter_id: str,
-    steps: int,
-    device: str,
-    metrics: dict[str, float],
-    history: list[dict[str, float]],
-) -> dict[str, object]:
-    """Everything needed to trust, compare or reproduce the adapter, next to its weights."""
-    return {
-        "adapter_id": adapter_id,
-        "base_model": {"ref": base.ref, "sha256": base.sha256},
-        "config_hash": config.config_hash(),
-        "seed": config.train.seed,
-        "steps": steps,
-        "device": device,
-        "quantization": config.train.quantization,
-        "compute_dtype": str(compute_dtype(device)).removeprefix("torch."),
-        "train": config.train.model_dump(mode="json"),
-        "lora": config.lora.model_dump(mode="json"),
-        "metrics": metrics,
-        "log_history": history,
-        "versions": library_versions(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def write_manifest(directory: Path, manifest: dict[str, object]) -> None:
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -391,6 +452,18 @@ def fresh_partial(output_dir: Path) -> Path:
     return partial
 
 
+@contextmanager
+def trainer_dir(config: PipelineConfig, key: str) -> Iterator[Path]:
+    """Where the trainer writes: the job's checkpoint dir, or scratch when checkpoints are off."""
+    if not config.train.checkpoint_steps:
+        with tempfile.TemporaryDirectory(prefix="tunegate-train-") as scratch:
+            yield Path(scratch)
+        return
+    directory = checkpoint_dir(config.workspace_dir, key)
+    directory.mkdir(parents=True, exist_ok=True)
+    yield directory
+
+
 def train_adapter(
     config: PipelineConfig,
     base: BaseModel,
@@ -399,11 +472,19 @@ def train_adapter(
     on_log: Callable[[dict[str, float]], None] | None = None,
     manifest_extra: dict[str, object] | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on a curated snapshot and save it with a manifest."""
-    from transformers import AutoTokenizer, set_seed
+    """Train a LoRA adapter on a curated snapshot and save it with a manifest.
+
+    `on_log` gets every train record (`loss`, `learning_rate`, `tokens_per_s`) and eval record
+    (`eval_loss`) with its `step`, on the main process.
+    """
+    from transformers import AutoTokenizer, ProgressCallback, set_seed
     from trl import SFTTrainer
 
-    train, device = config.train, pick_device()
+    from tunegate.manifest import MANIFEST_KEYS
+    from tunegate.progress import LogRecorder, ProgressBar
+
+    train, device, procs = config.train, pick_device(), process_state()
+    dtype = compute_dtype(train.compute_dtype, device)
     extra = dict(manifest_extra or {})
     clash = sorted(set(extra) & MANIFEST_KEYS)
     if clash:
@@ -413,43 +494,81 @@ def train_adapter(
     # 1. tokenize: every row checked here, before minutes of model loading
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     dataset = build_dataset(tokenizer, read_snapshot(snapshot_path), train.max_seq_length)
-    n_label_tokens = sum(sum(m) for m in dataset["assistant_masks"])
+    train_set, val_set = split_validation(dataset, train.validation_fraction, train.seed)
 
     # 2. load; the seed is set first so LoRA's random init is reproducible
     set_seed(train.seed)
-    model = load_base(base, train.quantization, device)
+    model = load_base(base, train, device)
 
-    # 3. train in a scratch dir: TRL wants an output_dir, the adapter dir gets only the result
-    recorder, history = make_log_recorder(on_log)
-    with tempfile.TemporaryDirectory(prefix="tunegate-train-") as scratch:
+    # 3. train; the checkpoint dir is the job's, so a killed run's successor finds it
+    snapshot_sha = sha256_file(snapshot_path)
+    key = job_key(config.config_hash(), base.sha256, snapshot_sha, procs.num_processes)
+    recorder = LogRecorder(on_log)
+    with trainer_dir(config, key) as work_dir:
         trainer = SFTTrainer(
             model=model,
-            args=sft_config(train, Path(scratch), device),
-            train_dataset=dataset,
+            args=sft_config(train, work_dir, device, with_eval=val_set is not None),
+            train_dataset=train_set,
+            eval_dataset=val_set,
             processing_class=tokenizer,
             peft_config=peft_lora_config(config.lora),
-            callbacks=[recorder],
+            callbacks=[recorder, ProgressBar()],
         )
-        _check_labels(trainer.train_dataset, len(dataset), n_label_tokens)
-        match_trainable_dtype(trainer.model, compute_dtype(device))  # before the optimizer exists
-        summary = trainer.train().metrics
-    steps = trainer.state.global_step
-    metrics = summarize(history, summary, steps)
-    metrics.update(rows=float(len(dataset)), snapshot_label_tokens=float(n_label_tokens))
-    log.info(
-        "trained %d steps on %s (%s): %.0f tokens in %.1f s = %.0f tokens/s, loss %.3f -> %.3f",
-        steps, device, train.quantization, metrics["trained_tokens"], metrics["train_runtime_s"],
-        metrics["tokens_per_s"], metrics["first_loss"], metrics["last_loss"],
-    )  # fmt: skip
+        trainer.remove_callback(ProgressCallback)  # ours shows tokens/s too
+        _check_labels(trainer.train_dataset, len(train_set), label_tokens(train_set))
+        match_trainable_dtype(trainer.model, dtype)
+        resume = None
+        if train.resume and procs.is_main_process:
+            remove_incomplete(work_dir)
+        procs.wait_for_everyone()
+        if train.resume:
+            resume = last_complete_checkpoint(work_dir)
+        if resume is not None:
+            log.info("resuming from %s (step %d)", resume, checkpoint_step(resume))
+        with score_label_positions_only():
+            summary = trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics
+        state = trainer.state
+        curve = loss_curve(state.log_history)
+        metrics = summarize(curve, summary, float(state.num_input_tokens_seen),
+                            recorder.session_tokens)  # fmt: skip
+        metrics.update(rows=len(train_set), snapshot_label_tokens=label_tokens(dataset))
+        log.info(
+            "trained %d steps on %s x%d (%s): %.0f tokens in %.1f s = %.0f tokens/s, "
+            "loss %.3f -> %.3f",
+            state.global_step, device, procs.num_processes, train.quantization,
+            recorder.session_tokens, metrics["train_runtime_s"], metrics["tokens_per_s"],
+            metrics["first_loss"], metrics["last_loss"],
+        )  # fmt: skip
 
-    # 4. save: the id hashes the adapter weights only, so the manifest cannot change it
-    partial = fresh_partial(output_dir)
-    trainer.model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    adapter_id = sha256_dir(partial)
-    manifest = build_manifest(config, base, adapter_id, steps, device, metrics, history)
-    write_manifest(partial, {**manifest, **extra})
-    if output_dir.exists():
-        output_dir.rmdir()  # empty (checked above): a caller may create the dir beforehand
-    partial.rename(output_dir)
-    return TrainResult(output_dir, adapter_id, steps, metrics)
+        # 4. save (main process): the id hashes the adapter weights only, not the manifest
+        if procs.is_main_process:
+            partial = fresh_partial(output_dir)
+            trainer.model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            manifest = build_manifest(
+                adapter_id=sha256_dir(partial),
+                base_model={"ref": base.ref, "sha256": base.sha256},
+                snapshot_sha256=snapshot_sha,
+                config_hash=config.config_hash(),
+                seed=train.seed,
+                steps=state.global_step,
+                device=device,
+                world_size=procs.num_processes,
+                quantization=train.quantization,
+                compute_dtype=str(dtype).removeprefix("torch."),
+                train=train.model_dump(mode="json"),
+                lora=config.lora.model_dump(mode="json"),
+                validation_rows=len(val_set) if val_set is not None else 0,
+                resumed_from_step=checkpoint_step(resume) if resume else None,
+                metrics=metrics,
+                log_history=curve,
+            )
+            write_manifest(partial, {**manifest, **extra})
+            if output_dir.exists():
+                output_dir.rmdir()  # empty (checked above): a caller may create the dir beforehand
+            partial.rename(output_dir)
+            if train.checkpoint_steps:
+                shutil.rmtree(work_dir, ignore_errors=True)  # the adapter supersedes them
+    procs.wait_for_everyone()
+    adapter_id = read_manifest(output_dir)["adapter_id"]
+    return TrainResult(output_dir, adapter_id, state.global_step, metrics)

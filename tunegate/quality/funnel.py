@@ -14,11 +14,13 @@ input size. Each stage counts the rows it saw and rejected and the seconds it to
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,21 @@ class BatchOutcome:
     verdicts: list[Verdict]
     accepted: list[Record]
     records: list[Record]  # every row that parsed, accepted or not
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Leave the objects alive before a long stream out of the garbage collector's full scans.
+
+    Curation allocates a few objects per row, so full collections come often, and each one
+    walks every object of the imported libraries (pandas, pandera, Great Expectations) again:
+    about 6 µs a row, a quarter of ingest. Frozen objects are skipped until the stream ends.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Funnel:
