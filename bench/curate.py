@@ -165,7 +165,7 @@ def _rss_mb() -> float:
 def run_tunegate(directory: str) -> dict[str, object]:
     """The curation funnel with lineage writes, timed per stage."""
     from tunegate.config import parse_config
-    from tunegate.curate import _rows, build_stages
+    from tunegate.curate import RunWriter, _rows, build_stages
     from tunegate.lineage import Lineage
     from tunegate.quality.funnel import AcceptedRecords, Funnel, frozen_heap
 
@@ -182,24 +182,25 @@ def run_tunegate(directory: str) -> dict[str, object]:
     funnel = Funnel(stages)
     lineage = Lineage(d / "bench.duckdb")
     run_id = lineage.start_run("bench", "h", "{}")
-    spool = AcceptedRecords(d / "accepted.jsonl", cache_rows=0)
+    writer = RunWriter(lineage, run_id, AcceptedRecords(d / "accepted.jsonl", cache_rows=0))
     write_s, files = 0.0, []
     memory, mark = [], 4096  # (rows read, RSS MB, dedup index MB) at 4k, 8k, 16k, ... rows
     t0 = time.perf_counter()
     with frozen_heap():  # as `curate` does
         for batch in funnel.run(_rows(config, files)):
             t1 = time.perf_counter()
-            lineage.record_verdicts(run_id, batch.verdicts)
-            lineage.record_records((r.record_id, r.messages_json(), r.origin)
-                                   for r in batch.accepted)  # fmt: skip
-            spool.extend(batch.accepted)
+            writer.add(batch.verdicts, batch.accepted)
             write_s += time.perf_counter() - t1
             if funnel.stats.n_input >= mark:
                 index_mb = sum(getattr(s, "nbytes", 0) for s in stages) / 2**20
                 memory.append((funnel.stats.n_input, _rss_mb(), index_mb))
                 mark *= 2
+    t1 = time.perf_counter()
+    writer.close()
+    writer.shutdown()
+    write_s += time.perf_counter() - t1
     total = time.perf_counter() - t0
-    spool.close()
+    writer.spool.close()
     st = funnel.stats
     index_bytes = sum(getattr(s, "nbytes", 0) for s in stages)
     memory.append((st.n_input, _rss_mb(), index_bytes / 2**20))

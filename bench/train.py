@@ -21,6 +21,8 @@ runs alternate (tunegate, baseline, tunegate, ...) so load from other jobs hits 
 
 Printed: trained (non-padding) tokens/s of the training loop, wall time of the whole process
 (imports, load, training, save), peak RSS; medians over the repeats, and the ratios.
+To bench another tunegate setting, pass JSON overrides in BENCH_TRAIN_OVERRIDES and
+BENCH_LORA_OVERRIDES, e.g. `BENCH_LORA_OVERRIDES='{"dropout": 0.05}'`.
 """
 
 from __future__ import annotations
@@ -82,8 +84,11 @@ def run_tunegate(snapshot: str, model: str, steps: int, out: str) -> dict[str, f
     base = resolve_base_model(model, Path(out))
     result = train_adapter(config, base, Path(snapshot), Path(out) / "adapter")
     m = result.metrics
-    return {"trained_tokens": m["trained_tokens"], "train_s": m["train_runtime_s"],
-            "rows_per_step": config.train.batch_size * config.train.gradient_accumulation_steps}  # fmt: skip
+    return {
+        "trained_tokens": m["trained_tokens"],
+        "train_s": m["train_runtime_s"],
+        "rows_per_step": config.train.batch_size * config.train.gradient_accumulation_steps,
+    }
 
 
 def run_baseline(snapshot: str, model: str, steps: int, out: str) -> dict[str, float]:
@@ -98,22 +103,46 @@ def run_baseline(snapshot: str, model: str, steps: int, out: str) -> dict[str, f
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     dataset = build_dataset(tokenizer, read_snapshot(Path(snapshot)), max_length=512)
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                             bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
-    base = AutoModelForCausalLM.from_pretrained(model, quantization_config=bnb, dtype=torch.float32,
-                                                device_map="cpu")  # fmt: skip
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
-                      task_type="CAUSAL_LM")  # fmt: skip
-    args = SFTConfig(output_dir=out, max_steps=steps, learning_rate=2e-4, logging_steps=1,
-                     per_device_train_batch_size=BASELINE_ROWS_PER_STEP, max_length=512,
-                     bf16=False, use_cpu=True, save_strategy="no", report_to="none", seed=42)  # fmt: skip
-    trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora)  # fmt: skip
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        model, quantization_config=bnb, dtype=torch.float32, device_map="cpu"
+    )
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+    )
+    args = SFTConfig(
+        output_dir=out,
+        max_steps=steps,
+        learning_rate=2e-4,
+        logging_steps=1,
+        per_device_train_batch_size=BASELINE_ROWS_PER_STEP,
+        max_length=512,
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        seed=42,
+    )
+    trainer = SFTTrainer(
+        model=base, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora
+    )
     metrics = trainer.train().metrics
     trainer.model.save_pretrained(Path(out) / "adapter")
     tokens = next(e["num_tokens"] for e in reversed(trainer.state.log_history) if "num_tokens" in e)
-    return {"trained_tokens": float(tokens), "train_s": float(metrics["train_runtime"]),
-            "rows_per_step": BASELINE_ROWS_PER_STEP}  # fmt: skip
+    return {
+        "trained_tokens": float(tokens),
+        "train_s": float(metrics["train_runtime"]),
+        "rows_per_step": BASELINE_ROWS_PER_STEP,
+    }
 
 
 def child(kind: str, snapshot: str, model: str, steps: int) -> None:
@@ -134,9 +163,12 @@ def measure(kind: str, snapshot: Path, model: Path, steps: int) -> dict[str, flo
         raise RuntimeError(f"{kind} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(lines[-1].removeprefix("RESULT "))
     result["tokens_per_s"] = result["trained_tokens"] / result["train_s"]
-    print(f"  {kind:9s} {result['tokens_per_s']:7.1f} tokens/s  {result['train_s']:7.1f} s training"
-          f"  {result['wall_s']:7.1f} s wall  {result['peak_rss_mb']:7.0f} MB peak RSS"
-          f"  ({result['trained_tokens']:.0f} tokens)", flush=True)  # fmt: skip
+    print(
+        f"  {kind:9s} {result['tokens_per_s']:7.1f} tokens/s  {result['train_s']:7.1f} s training"
+        f"  {result['wall_s']:7.1f} s wall  {result['peak_rss_mb']:7.0f} MB peak RSS"
+        f"  ({result['trained_tokens']:.0f} tokens)",
+        flush=True,
+    )
     return result
 
 
@@ -169,8 +201,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, medians reported")
-    parser.add_argument("--child", nargs=4, metavar=("KIND", "SNAPSHOT", "MODEL", "STEPS"),
-                        help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument(
+        "--child", nargs=4, metavar=("KIND", "SNAPSHOT", "MODEL", "STEPS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         kind, snapshot, model, steps = args.child
@@ -179,8 +212,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         snapshot, model = make_snapshot(Path(work))
         rows = sum(1 for _ in snapshot.open())
-        print(f"{rows} curated rows, {args.steps} steps, {args.repeats} repeat(s), "
-              f"{os.cpu_count()} CPUs", flush=True)  # fmt: skip
+        print(
+            f"{rows} curated rows, {args.steps} steps, {args.repeats} repeat(s), "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
         runs: dict[str, list[dict[str, float]]] = {"tunegate": [], "baseline": []}
         for _ in range(args.repeats):
             for kind in runs:

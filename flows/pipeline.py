@@ -59,7 +59,14 @@ def snapshot_data(
     """Write the accepted rows as a hashed snapshot."""
     started = now()
     snap = stages.snapshot_records(config, lineage, run_id, result.accepted)
-    _stage(lineage, run_id, "snapshot", started, snapshot_id=snap.snapshot_id, rows=len(snap.record_ids))
+    _stage(
+        lineage,
+        run_id,
+        "snapshot",
+        started,
+        snapshot_id=snap.snapshot_id,
+        rows=len(snap.record_ids),
+    )
     return snap
 
 
@@ -89,8 +96,14 @@ def _evaluate(
     started = now()
     outcomes = stages.evaluate_recorded(config, lineage, run_id, base, adapter, suite)
     subject = "base" if adapter is None else "adapter"
-    _stage(lineage, run_id, f"eval_{suite}_{subject}", started,
-           n={o.task: o.n for o in outcomes}, seconds={o.task: o.seconds for o in outcomes})
+    _stage(
+        lineage,
+        run_id,
+        f"eval_{suite}_{subject}",
+        started,
+        n={o.task: o.n for o in outcomes},
+        seconds={o.task: o.seconds for o in outcomes},
+    )
     return outcomes
 
 

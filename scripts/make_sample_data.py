@@ -1124,6 +1124,9 @@ def file_row(name: str, fmt: str, lines: list[Line]) -> str:
     return f"| `{name}` | {fmt} | {len(lines)} | {clean} | {len(lines) - clean} |"
 
 
+HUMAN_FORMAT = "alpaca + `system`: `system`, `instruction`, `input`, `output`"
+
+
 def raw_readme(human: list[Line], synthetic: list[Line]) -> str:
     """datasets/raw/README.md, written from the same run so counts and lines always agree."""
     h_clean, s_clean = clean_tickets(human), clean_tickets(synthetic)
@@ -1198,7 +1201,7 @@ of {MAX_CLEAN_SIMILARITY} or more (order ids masked), so the only duplicates are
 
 | file | format | lines | clean | defects |
 |---|---|---|---|---|
-{file_row("tickets_human.jsonl", "alpaca + `system`: `system`, `instruction`, `input`, `output`", human)}
+{file_row("tickets_human.jsonl", HUMAN_FORMAT, human)}
 {file_row("tickets_synthetic.jsonl", SYNTHETIC_FORMAT, synthetic)}
 
 The files are written in different voices. `human` is terse and informal: lower-case

@@ -26,7 +26,9 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
-def make_config(tmp_path: Path, sources: list[dict[str, str]], **overrides: object) -> PipelineConfig:
+def make_config(
+    tmp_path: Path, sources: list[dict[str, str]], **overrides: object
+) -> PipelineConfig:
     """A config rooted at tmp_path (relative source paths resolve there)."""
     data: dict[str, object] = {
         "workspace": str(tmp_path / "ws"),

@@ -57,11 +57,21 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
 
 
 def test_curation_settings_are_validated(tmp_path):
-    ok = parse_config({"data": {"sources": [{"path": "x", "fields": {"output": "response"}}]},
-                       "dedup": {"near_threshold": 0.9}, "contamination": {"eval_files": []}})
+    ok = parse_config(
+        {
+            "data": {"sources": [{"path": "x", "fields": {"output": "response"}}]},
+            "dedup": {"near_threshold": 0.9},
+            "contamination": {"eval_files": []},
+        }
+    )
     assert ok.data.sources[0].fields == {"output": "response"} and ok.dedup.near_threshold == 0.9
     with pytest.raises(ConfigError) as exc:
-        parse_config({"data": {"sources": [{"path": "x", "fields": {"answer": "response"}}]},
-                      "dedup": {"near_threshold": 1.5}, "contracts": {"batch_suit": None}})
+        parse_config(
+            {
+                "data": {"sources": [{"path": "x", "fields": {"answer": "response"}}]},
+                "dedup": {"near_threshold": 1.5},
+                "contracts": {"batch_suit": None},
+            }
+        )
     locs = {loc.split(".answer")[0] for loc, _ in exc.value.problems}
     assert {"data.sources.0.fields", "dedup.near_threshold", "contracts.batch_suit"} <= locs

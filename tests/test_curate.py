@@ -247,3 +247,37 @@ def test_too_few_accepted_rows_block_the_run(tmp_path):
     with pytest.raises(CurationError, match=r"only 5 of 9 rows accepted \(data.min_accepted_rows"):
         curate(cfg, lineage, run)
     assert assert_conserved(lineage, run, 9)["accepted"] == 5
+
+
+def test_run_writer_writes_in_transactions_and_surfaces_a_failed_write(tmp_path):
+    """Lineage writes run in a background thread: every row arrives, and errors are not lost."""
+    from tunegate.curate import RunWriter
+    from tunegate.lineage import Verdict
+    from tunegate.records import Record
+
+    class Lineage:
+        def __init__(self, fail: bool = False):
+            self.calls, self.fail = [], fail
+
+        def record_verdicts(self, run_id, verdicts):
+            if self.fail:
+                raise OSError("disk full")
+            self.calls.append(len(verdicts))
+
+        def record_records(self, records):
+            pass
+
+    rows = [Record((("user", f"q{i}"), ("assistant", "a")), "human", "s", i) for i in range(10)]
+    verdicts = [Verdict("s", i, r.record_id, "curate", "accepted") for i, r in enumerate(rows)]
+    ok = Lineage()
+    writer = RunWriter(ok, "run", AcceptedRecords(tmp_path / "a.jsonl"), every=4)
+    for k in range(0, 10, 2):
+        writer.add(verdicts[k : k + 2], rows[k : k + 2])
+    writer.close()
+    writer.shutdown()
+    assert ok.calls == [4, 4, 2] and len(writer.spool) == 10
+    broken = RunWriter(Lineage(fail=True), "run", AcceptedRecords(tmp_path / "b.jsonl"), every=4)
+    broken.add(verdicts, rows)  # handed to the thread: the error comes at the next wait
+    with pytest.raises(OSError, match="disk full"):
+        broken.close()
+    broken.shutdown()

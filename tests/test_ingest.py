@@ -24,27 +24,38 @@ from tunegate.records import Record
 
 def test_formats_convert_to_canonical_messages():
     assert to_messages({"instruction": "Do", "input": "x", "output": "y"}, "alpaca") == (
-        ("user", "Do\n\nx"), ("assistant", "y"))
-    assert to_messages({"conversations": [{"from": "human", "value": "a"},
-                                          {"from": "gpt", "value": "b"}]}, "sharegpt") == (
-        ("user", "a"), ("assistant", "b"))
-    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-            {"role": "assistant", "content": "a"}]
+        ("user", "Do\n\nx"),
+        ("assistant", "y"),
+    )
+    assert to_messages(
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+        "sharegpt",
+    ) == (("user", "a"), ("assistant", "b"))
+    msgs = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+    ]
     assert to_messages({"messages": msgs}, "messages")[0] == ("system", "s")
     assert to_messages({"prompt": "p", "completion": "c"}, "prompt_completion") == (
-        ("user", "p"), ("assistant", "c"))
+        ("user", "p"),
+        ("assistant", "c"),
+    )
     assert detect_format({"conversations": []}) == "sharegpt"
     assert detect_format({"foo": 1}) is None
 
 
 def test_bad_rows_become_rejections_naming_file_row_and_field(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"instruction": "a", "output": "b"},
-        '{"instruction": "broken',
-        {"instruction": "a", "output": 3},
-        {"instruction": "c"},
-        [1, 2],
-    ])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"instruction": "a", "output": "b"},
+            '{"instruction": "broken',
+            {"instruction": "a", "output": 3},
+            {"instruction": "c"},
+            [1, 2],
+        ],
+    )
     items = list(ingest_file(path, "auto", "human"))
     assert len(items) == 5 and isinstance(items[0], Record)
     rejected = [i for i in items if isinstance(i, Rejected)]
@@ -70,9 +81,18 @@ def test_json_csv_parquet(tmp_path, suffix):
 
 
 def test_row_origin_overrides_source_origin(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
-         "origin": "synthetic"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": "a"},
+                ],
+                "origin": "synthetic",
+            }
+        ],
+    )
     (rec,) = ingest_file(path, "auto", "human")
     assert rec.origin == "synthetic"
 
@@ -105,10 +125,13 @@ def test_json_file_of_json_lines_and_unterminated_array(tmp_path):
 
 
 def test_field_mapping_reads_a_renamed_answer(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": "full", "instruction": "Do it.", "input": "x", "response": "done"},
-        {"prompt": "full", "instruction": "Do it.", "input": "x"},
-    ])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "full", "instruction": "Do it.", "input": "x", "response": "done"},
+            {"prompt": "full", "instruction": "Do it.", "input": "x"},
+        ],
+    )
     items = list(ingest_file(path, "alpaca", "human", {"output": "response"}))
     assert len(items) == 2
     assert items[0].messages == (("user", "Do it.\n\nx"), ("assistant", "done"))
@@ -118,8 +141,15 @@ def test_field_mapping_reads_a_renamed_answer(tmp_path):
 def test_saved_datasets_and_directories(tmp_path):
     import datasets
 
-    rows = [{"messages": [{"role": "user", "content": f"u{i}"},
-                          {"role": "assistant", "content": f"a{i}"}]} for i in range(3)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"u{i}"},
+                {"role": "assistant", "content": f"a{i}"},
+            ]
+        }
+        for i in range(3)
+    ]
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
                           "test": datasets.Dataset.from_list(rows[:1])}).save_to_disk(
         str(tmp_path / "d" / "saved"))  # fmt: skip
@@ -132,11 +162,17 @@ def test_saved_datasets_and_directories(tmp_path):
 
 
 def test_messages_with_top_level_system_and_csv_json_cells(tmp_path):
-    assert to_messages({"system": "s", "messages": [{"role": "user", "content": "u"},
-                        {"role": "assistant", "content": "a"}]}, "messages")[0] == ("system", "s")
+    assert to_messages(
+        {
+            "system": "s",
+            "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+        },
+        "messages",
+    )[0] == ("system", "s")
     (tmp_path / "m.csv").write_text(
         'messages\n"[{""role"": ""user"", ""content"": ""u""}, '
-        '{""role"": ""assistant"", ""content"": ""a""}]"\nnot json\n')
+        '{""role"": ""assistant"", ""content"": ""a""}]"\nnot json\n'
+    )
     items = list(ingest_file(tmp_path / "m.csv", "messages", "human"))
     assert len(items) == 2
     assert items[0].messages == (("user", "u"), ("assistant", "a"))

@@ -42,12 +42,14 @@ def test_adapter_lookup_by_prefix(tmp_path):
         lin.adapter("zzz")
 
 
-def test_an_older_lineage_file_is_migrated_in_place(tmp_path):
-    """A version-2 workspace (before verdict matches and raw rows) opens and keeps its rows."""
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_an_older_lineage_file_is_migrated_in_place(tmp_path, version):
+    """A version-1 or -2 workspace (before the review queue; before verdict matches and raw
+    rows) opens, gains the new tables and columns, and keeps its rows."""
     db = tmp_path / "old.duckdb"
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [version])
     con.execute("CREATE TABLE row_verdicts (run_id VARCHAR, source VARCHAR, source_row BIGINT, "
                 "record_id VARCHAR, stage VARCHAR, status VARCHAR, reason VARCHAR, detail VARCHAR)")
     con.execute("INSERT INTO row_verdicts VALUES ('r0', 'f', 1, NULL, 'curate', 'accepted', "
@@ -61,3 +63,4 @@ def test_an_older_lineage_file_is_migrated_in_place(tmp_path):
     assert rows == [{"run_id": "r0", "duplicate_of": None, "cluster_id": None, "raw": None},
                     {"run_id": "r1", "duplicate_of": "f:0", "cluster_id": "n-1", "raw": "{}"}]
     assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION)
+    assert lin.review_items() == [] and lin.review_counts("r1") == {}  # version-2 tables exist

@@ -7,7 +7,14 @@ import numpy as np
 
 from tunegate.quality.checks import Batch
 from tunegate.quality.near_dup import NearDuplicates, jaccard, lsh_params
-from tunegate.quality.shingles import HashIndex, hash_words, ngram_hash, windows, words
+from tunegate.quality.shingles import (
+    HashIndex,
+    hash_words,
+    ngram_hash,
+    window_hashes,
+    windows,
+    words,
+)
 from tunegate.records import Record
 
 
@@ -35,6 +42,8 @@ def test_windows_stay_inside_a_text_and_match_ngram_hash():
     assert w.text.tolist() == [0, 0, 1] and w.length.tolist() == [3, 3, 2]
     assert w.hash[1] == ngram_hash(b.word_hash[1:4]) and w.hash[2] == ngram_hash(b.word_hash[4:6])
     assert len(windows(b, 3).hash) == 2  # without `short`, "e f" has no 3-gram
+    full = windows(b, 3)  # hashed at chosen starts (contamination's candidates) all the same
+    assert (window_hashes(b.word_hash, full.start, 3) == full.hash).all()
 
 
 def test_hash_index_keeps_the_first_value_across_merges():

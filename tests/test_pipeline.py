@@ -58,7 +58,7 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
     assert proc.returncode == 3, proc.stdout + proc.stderr  # 3: refused, not crashed
     assert "refused" in proc.stdout
 
-    ((status, detail),) = query(tmp_path, "SELECT status, detail FROM runs WHERE flow='pipeline'")
+    ((status, _detail),) = query(tmp_path, "SELECT status, detail FROM runs WHERE flow='pipeline'")
     assert status == "refused"
     gates = query(tmp_path, "SELECT gate, passed, reason FROM gate_results")
     assert gates and not all(passed for _, passed, _ in gates)

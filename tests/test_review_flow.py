@@ -133,7 +133,8 @@ def test_pending_rows_pause_the_flow_until_a_reviewer_resumes_it(prefect_server,
     assert lineage.review_counts(run_id) == {"accepted": 1, "rejected": 1}
     with get_client(sync_client=True) as client:  # the curation task's funnel artifact
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curation-funnel"])))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curation-funnel"]))
+        )
     funnel = next(a.data for a in artifacts if a.flow_run_id == paused.id)
     assert "**4 input rows**" in funnel and "| accepted | 4 |" in funnel
     assert "| template_render | template |" in funnel  # the template gate ran with the tokenizer

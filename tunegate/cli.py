@@ -34,7 +34,7 @@ def _config(path: Path) -> PipelineConfig:
         raise typer.Exit(1) from None
 
 
-def _lineage(workspace: Path):  # noqa: ANN202 - imports duckdb lazily for fast `--help`
+def _lineage(workspace: Path):
     from tunegate.lineage import Lineage
 
     db = workspace / "lineage.duckdb"
@@ -72,8 +72,12 @@ def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
     table = Table(title=f"tunegate run {summary['run_id']}", title_justify="left")
     table.add_column("")
     table.add_column("")
-    table.add_row("rows in / accepted / rejected", f"{rows['in']} / {rows['accepted']} / {rows['rejected']}")
-    table.add_row(f"held-out {held['metric']} base → adapter", f"{held['base']:.3f} → {held['adapter']:.3f}")
+    table.add_row(
+        "rows in / accepted / rejected", f"{rows['in']} / {rows['accepted']} / {rows['rejected']}"
+    )
+    table.add_row(
+        f"held-out {held['metric']} base → adapter", f"{held['base']:.3f} → {held['adapter']:.3f}"
+    )
     for task, score in summary["general"].items():
         table.add_row(f"{task} base → adapter", f"{score['base']:.3f} → {score['adapter']:.3f}")
     table.add_row("gate", summary["gate"])
@@ -108,7 +112,9 @@ def curate(config: ConfigArg) -> None:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     lineage.end_run(run_id, "completed")
-    rows = [{"verdict": k, "rows": n} for k, n in sorted(result.reasons.items(), key=lambda kv: -kv[1])]
+    rows = [
+        {"verdict": k, "rows": n} for k, n in sorted(result.reasons.items(), key=lambda kv: -kv[1])
+    ]
     console.print(_table(f"curation {run_id}: {result.n_input} rows", rows))
     from tunegate.quality.report import STAGE_HEADER, stage_rows
 
@@ -213,7 +219,8 @@ def verdicts(
     lineage = _lineage(workspace)
     if run_id is None:
         latest = lineage.query(
-            "SELECT run_id FROM row_verdicts JOIN runs USING (run_id) ORDER BY started_at DESC LIMIT 1"
+            "SELECT run_id FROM row_verdicts JOIN runs USING (run_id) "
+            "ORDER BY started_at DESC LIMIT 1"
         )
         if not latest:
             err.print("[red]no verdicts recorded yet[/red]")
@@ -229,7 +236,9 @@ def verdicts(
         sql += " AND v.reason = ?"
         params.append(reason)
     if export:
-        rows = lineage.query(sql + " AND v.status = 'rejected' ORDER BY v.source, v.source_row", params)
+        rows = lineage.query(
+            sql + " AND v.status = 'rejected' ORDER BY v.source, v.source_row", params
+        )
         with export.open("w") as f:
             for r in rows:
                 msgs = json.loads(r.pop("messages_json")) if r["messages_json"] else None
@@ -267,7 +276,9 @@ def lineage_cmd(
          "origin": r["origin"], "rows": r["n_rows"]} for r in chain["sources"]]))  # fmt: skip
     console.print(f"[bold]verdicts[/bold] {chain['verdicts']}")
     if s:
-        console.print(f"[bold]snapshot[/bold] {s['snapshot_id']} ({s['n_records']} records) {s['path']}")
+        console.print(
+            f"[bold]snapshot[/bold] {s['snapshot_id']} ({s['n_records']} records) {s['path']}"
+        )
     if t:
         console.print(
             f"[bold]training run[/bold] {t['training_run_id']} status {t['status']}\n"
@@ -506,8 +517,12 @@ def gate_check(
         err.print(f"release gate: FAIL {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     out = console if check.ok else err
-    out.print(f"release gate: {'pass' if check.ok else 'FAIL'} {check.reason}", markup=False,
-              highlight=False, soft_wrap=True)  # one line, however long: CI logs grep it
+    out.print(
+        f"release gate: {'pass' if check.ok else 'FAIL'} {check.reason}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )  # one line, however long: CI logs grep it
     if not check.ok:
         raise typer.Exit(1)
 

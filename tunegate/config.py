@@ -288,7 +288,10 @@ class ModelConfig(Section):
 class LoraConfig(Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Dropout on the LoRA input (0.05 costs ~0.7 GB more peak memory on CPU).",
+    )  # fmt: skip
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules that get adapters; `all-linear` as in QLoRA."
     )
@@ -315,9 +318,9 @@ class TrainConfig(Section):
     )
     learning_rate: float = Field(1e-3, ge=0.0, description="Peak learning rate.")
     max_steps: int = Field(40, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Rows per micro-batch, per process.")
+    batch_size: int = Field(4, ge=1, description="Rows per micro-batch, per process.")
     gradient_accumulation_steps: int = Field(
-        1, ge=1,
+        2, ge=1,
         description="Micro-batches per optimizer step: rows per step = batch_size x this x "
         "processes. The loss is averaged over all label tokens of the step.",
     )  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,57 @@ def _rows(config: PipelineConfig, files: list[dict[str, object]]) -> Iterator[Re
             files.append({**entry, "rows": n_rows})
 
 
+class RunWriter:
+    """A run's verdicts and accepted records, to the lineage DB in transactions of `every` rows.
+
+    Few large transactions (each costs a connection and a commit), written by one background
+    thread while the funnel judges the next rows: DuckDB releases the GIL, so on two cores
+    the writes mostly overlap the checks. At most one write is in flight (memory stays
+    bounded) and a failed write raises at the next `flush` or at `close`. Accepted records
+    also go to the run's spool file.
+    """
+
+    def __init__(self, lineage: Lineage, run_id: str, spool: AcceptedRecords, every: int = 16384):
+        self.lineage, self.run_id, self.spool, self.every = lineage, run_id, spool, every
+        self.pending: list[Verdict] = []
+        self.parsed: dict[str, tuple[str, str, str]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lineage-writer")
+        self._inflight: Future[None] | None = None
+
+    def add(self, verdicts: Sequence[Verdict], accepted: Sequence[Record]) -> None:
+        self.pending.extend(verdicts)
+        for r in accepted:  # rejected rows keep their raw text in row_verdicts
+            self.parsed.setdefault(r.record_id, (r.record_id, r.messages_json(), r.origin))
+        self.spool.extend(accepted)
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the pending rows to the writer thread (after the previous write is done)."""
+        verdicts, records = self.pending, list(self.parsed.values())
+        self.pending, self.parsed = [], {}
+        self._wait()
+        self._inflight = self._pool.submit(self._write, verdicts, records)
+
+    def close(self) -> None:
+        """Write what is pending and wait until everything is in the database."""
+        self.flush()
+        self._wait()
+
+    def shutdown(self) -> None:
+        """Stop the writer thread (after its write in flight, if any); idempotent."""
+        self._pool.shutdown(wait=True)
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+
+    def _write(self, verdicts: list[Verdict], records: list[tuple[str, str, str]]) -> None:
+        self.lineage.record_verdicts(self.run_id, verdicts)
+        self.lineage.record_records(records)
+
+
 def curate_records(
     config: PipelineConfig,
     checks: list[RowCheck] | None = None,
@@ -186,26 +238,14 @@ def curate(
     funnel = Funnel(stages, checks, count_tokens=content_tokens(tokenizer) if tokenizer else None)
     accepted_records = AcceptedRecords(work / "accepted.jsonl")
     result = CurationResult(accepted=accepted_records, verdicts=[], stats=funnel.stats)
-    pending: list[Verdict] = []
-    parsed: dict[str, tuple[str, str, str]] = {}
-
-    def flush() -> None:
-        lineage.record_verdicts(run_id, pending)
-        lineage.record_records(parsed.values())
-        pending.clear()
-        parsed.clear()
-
+    writer = RunWriter(lineage, run_id, accepted_records)
     try:
         with frozen_heap():
             for batch in funnel.run(_rows(config, result.files)):
-                pending.extend(batch.verdicts)
-                for r in batch.accepted:  # rejected rows keep their raw text in row_verdicts
-                    parsed.setdefault(r.record_id, (r.record_id, r.messages_json(), r.origin))
-                accepted_records.extend(batch.accepted)
-                if len(pending) >= 16384:
-                    flush()
-            flush()
+                writer.add(batch.verdicts, batch.accepted)
+        writer.close()  # everything in the database (or the write's error raised)
     finally:
+        writer.shutdown()
         accepted_records.close()
         _close(stages)
     stats = funnel.stats

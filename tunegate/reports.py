@@ -25,7 +25,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def funnel_markdown(n_input: int, reasons: dict[str, int]) -> str:
-    rows = [(k, n, REASON_CODES.get(k, "")) for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    rows = [
+        (k, n, REASON_CODES.get(k, "")) for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])
+    ]
     return f"**{n_input} input rows**\n\n" + markdown_table(["verdict", "rows", "meaning"], rows)
 
 

@@ -217,13 +217,23 @@ def summarize(
     metric, general = config.gates.metric, config.gates.general.metric
     return RunSummary(
         run_id=run_id,
-        rows={"in": curation.n_input, "accepted": accepted, "rejected": curation.n_input - accepted},
-        heldout={"metric": metric, "base": outcome(base_evals, TASK).metrics[metric][0],
-                 "adapter": outcome(adapter_evals, TASK).metrics[metric][0]},
-        general={t.name.removeprefix("tunegate_"): {
-                    "base": outcome(base_evals, t.name).metrics[general][0],
-                    "adapter": outcome(adapter_evals, t.name).metrics[general][0]}
-                 for t in general_tasks(config)},
+        rows={
+            "in": curation.n_input,
+            "accepted": accepted,
+            "rejected": curation.n_input - accepted,
+        },
+        heldout={
+            "metric": metric,
+            "base": outcome(base_evals, TASK).metrics[metric][0],
+            "adapter": outcome(adapter_evals, TASK).metrics[metric][0],
+        },
+        general={
+            t.name.removeprefix("tunegate_"): {
+                "base": outcome(base_evals, t.name).metrics[general][0],
+                "adapter": outcome(adapter_evals, t.name).metrics[general][0],
+            }
+            for t in general_tasks(config)
+        },
         gate="passed" if decision.promoted else "refused",
         adapter_id=decision.adapter_id,
         promoted=decision.promoted,

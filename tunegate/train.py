@@ -214,7 +214,7 @@ def compute_dtype(setting: str, device: str) -> torch.dtype:
 def use_gradient_checkpointing(setting: str, device: str) -> bool:
     """`auto`: recompute activations on GPUs only.
 
-    On CPU the default micro-batch is small (2 rows, gradient accumulation makes up the step),
+    On CPU the default micro-batch is small (4 rows, gradient accumulation makes up the step),
     which already bounds activation memory; recomputing them measured +60% step time there.
     """
     return setting == "on" or (setting == "auto" and device == "cuda")
@@ -452,6 +452,40 @@ def fresh_partial(output_dir: Path) -> Path:
     return partial
 
 
+def find_resume_point(work_dir: Path, resume: bool, procs: PartialState) -> Path | None:
+    """The checkpoint to resume from, after the main process tidied the job's directory.
+
+    Half-written checkpoints (a kill during a save) are deleted; with `resume` off, every
+    checkpoint of the job is, so the trainer's rotation never mixes two runs.
+    """
+    if procs.is_main_process:
+        if resume:
+            remove_incomplete(work_dir)
+        else:
+            for old in work_dir.glob("checkpoint-*"):
+                shutil.rmtree(old, ignore_errors=True)
+    procs.wait_for_everyone()
+    found = last_complete_checkpoint(work_dir) if resume else None
+    if found is not None:
+        log.info("resuming from %s (step %d)", found, checkpoint_step(found))
+    return found
+
+
+def save_adapter(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
+    manifest: dict[str, Any], extra: dict[str, object],
+) -> None:  # fmt: skip
+    """Weights, tokenizer and manifest, written aside and renamed into place in one step."""
+    partial = fresh_partial(output_dir)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    full = build_manifest(adapter_id=sha256_dir(partial), **manifest)
+    write_manifest(partial, {**full, **extra})
+    if output_dir.exists():
+        output_dir.rmdir()  # empty (checked before training): a caller may create it beforehand
+    partial.rename(output_dir)
+
+
 @contextmanager
 def trainer_dir(config: PipelineConfig, key: str) -> Iterator[Path]:
     """Where the trainer writes: the job's checkpoint dir, or scratch when checkpoints are off."""
@@ -517,21 +551,16 @@ def train_adapter(
         trainer.remove_callback(ProgressCallback)  # ours shows tokens/s too
         _check_labels(trainer.train_dataset, len(train_set), label_tokens(train_set))
         match_trainable_dtype(trainer.model, dtype)
-        resume = None
-        if train.resume and procs.is_main_process:
-            remove_incomplete(work_dir)
-        procs.wait_for_everyone()
-        if train.resume:
-            resume = last_complete_checkpoint(work_dir)
-        if resume is not None:
-            log.info("resuming from %s (step %d)", resume, checkpoint_step(resume))
+        resume = find_resume_point(work_dir, train.resume, procs)
         with score_label_positions_only():
             summary = trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics
         state = trainer.state
         curve = loss_curve(state.log_history)
         metrics = summarize(curve, summary, float(state.num_input_tokens_seen),
                             recorder.session_tokens)  # fmt: skip
-        metrics.update(rows=len(train_set), snapshot_label_tokens=label_tokens(dataset))
+        metrics.update(
+            rows=float(len(train_set)), snapshot_label_tokens=float(label_tokens(dataset))
+        )
         log.info(
             "trained %d steps on %s x%d (%s): %.0f tokens in %.1f s = %.0f tokens/s, "
             "loss %.3f -> %.3f",
@@ -542,31 +571,24 @@ def train_adapter(
 
         # 4. save (main process): the id hashes the adapter weights only, not the manifest
         if procs.is_main_process:
-            partial = fresh_partial(output_dir)
-            trainer.model.save_pretrained(partial)
-            tokenizer.save_pretrained(partial)
-            manifest = build_manifest(
-                adapter_id=sha256_dir(partial),
-                base_model={"ref": base.ref, "sha256": base.sha256},
-                snapshot_sha256=snapshot_sha,
-                config_hash=config.config_hash(),
-                seed=train.seed,
-                steps=state.global_step,
-                device=device,
-                world_size=procs.num_processes,
-                quantization=train.quantization,
-                compute_dtype=str(dtype).removeprefix("torch."),
-                train=train.model_dump(mode="json"),
-                lora=config.lora.model_dump(mode="json"),
-                validation_rows=len(val_set) if val_set is not None else 0,
-                resumed_from_step=checkpoint_step(resume) if resume else None,
-                metrics=metrics,
-                log_history=curve,
-            )
-            write_manifest(partial, {**manifest, **extra})
-            if output_dir.exists():
-                output_dir.rmdir()  # empty (checked above): a caller may create the dir beforehand
-            partial.rename(output_dir)
+            manifest = {
+                "base_model": {"ref": base.ref, "sha256": base.sha256},
+                "snapshot_sha256": snapshot_sha,
+                "config_hash": config.config_hash(),
+                "seed": train.seed,
+                "steps": state.global_step,
+                "device": device,
+                "world_size": procs.num_processes,
+                "quantization": train.quantization,
+                "compute_dtype": str(dtype).removeprefix("torch."),
+                "train": train.model_dump(mode="json"),
+                "lora": config.lora.model_dump(mode="json"),
+                "validation_rows": len(val_set) if val_set is not None else 0,
+                "resumed_from_step": checkpoint_step(resume) if resume else None,
+                "metrics": metrics,
+                "log_history": curve,
+            }
+            save_adapter(trainer.model, tokenizer, output_dir, manifest, extra)
             if train.checkpoint_steps:
                 shutil.rmtree(work_dir, ignore_errors=True)  # the adapter supersedes them
     procs.wait_for_everyone()

