@@ -23,7 +23,9 @@ from tunegate.train import (
     TrainError,
     build_dataset,
     compute_dtype,
+    find_resume_point,
     load_base,
+    process_state,
     score_label_positions_only,
     tokenize_chat,
     train_adapter,
@@ -277,6 +279,10 @@ def test_half_written_checkpoints_are_never_resumed_from(tmp_path):
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
     assert remove_incomplete(tmp_path) == [tmp_path / "checkpoint-6"]
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+    assert find_resume_point(tmp_path, True, process_state()) == tmp_path / "checkpoint-4"
+    assert find_resume_point(tmp_path, False, process_state()) is None  # resume off: afresh
+    assert not list(tmp_path.iterdir())
 
 
 TRAIN_JOB = """
