@@ -87,6 +87,21 @@ class WebDriver:
     def click(self, css: str) -> None:
         self.cmd("POST", f"/element/{self.find(css)}/click", {})
 
+    def click_through(self, css: str, timeout_s: float = 30.0) -> None:
+        """Click a link or form button and wait for the page it leads to.
+
+        A click can return before a POST-redirect-GET navigation starts; reading the page then
+        sees the old document or a stale element. A flag set on the old window tells them apart.
+        """
+        self.script("window.__tunegate_old_page = true; return null")
+        self.click(css)
+        deadline = time.monotonic() + timeout_s
+        while self.script("return window.__tunegate_old_page === true "
+                          "|| document.readyState !== 'complete'"):  # fmt: skip
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no new page {timeout_s:.0f} s after clicking {css}")
+            time.sleep(0.05)
+
     def text(self, css: str) -> str:
         return self.cmd("GET", f"/element/{self.find(css)}/text")
 

@@ -74,6 +74,13 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
     )[0]
     assert inputs == verdicts  # every input row has its verdict
 
+    ((adapter_id,),) = query(tmp_path, "SELECT adapter_id FROM adapters")
+    trace = tunegate("lineage", adapter_id[:12], "--workspace", str(tmp_path / "ws"), cwd=tmp_path)
+    assert trace.returncode == 0, trace.stderr
+    for expected in (str(REPO / "datasets/raw/tickets_human.jsonl"), "snapshot", "seed",
+                     "heldout_gain"):  # fmt: skip  # whole paths, whatever the terminal width
+        assert expected in trace.stdout
+
 
 @pytest.mark.slow
 def test_default_sample_trains_an_adapter_that_is_promoted_and_traced(tmp_path):

@@ -66,13 +66,13 @@ def test_report_and_data_docs_render_in_headless_chromium(curated, tmp_path):
         widths = browser.script("return [...document.images].map(e => e.naturalWidth)")
         assert len(widths) == 2 and min(widths) > 0  # funnel chart and length histogram decode
         assert not is_blank(browser.screenshot(tmp_path / "report.png"))
-        browser.click("a[href^='gx/validations/']")  # this run's GX validation result
+        browser.click_through("a[href^='gx/validations/']")  # this run's GX validation result
         page = browser.script("return document.body.innerText")
         assert "Expectation Validation Result" in page and "Succeeded" in page
         assert "values must be unique" in page  # an expectation of schemas/curated_batch.json
         assert not is_blank(browser.screenshot(tmp_path / "validation.png"))
         browser.get(result.report.as_uri())
-        browser.click("a[href='gx/index.html']")  # its tables need CDN scripts: headings offline
+        browser.click_through("a[href='gx/index.html']")  # its tables need CDN scripts: headings offline
         assert "Validation Results" in browser.script("return document.body.innerText")
 
 

@@ -303,16 +303,16 @@ def test_review_page_in_headless_chromium(queued, tmp_path):
             assert not is_blank(browser.screenshot(tmp_path / "review.png"))
             # 1. accept row 2
             browser.type(f"#reviewer-{ids[2]}", "alice")
-            browser.click(f"#accept-{ids[2]}")
+            browser.click_through(f"#accept-{ids[2]}")
             assert browser.text("#pending-count") == "2"
             assert browser.text("#done") == f"saved decision on {ids[2]}"
             # 2. reject row 3 (the reviewer name is kept from the last decision)
             browser.type(f"#note-{ids[3]}", "AI boilerplate in the label")
-            browser.click(f"#reject-{ids[3]}")
+            browser.click_through(f"#reject-{ids[3]}")
             assert browser.text("#pending-count") == "1"
             # 3. edit row 5's answer and accept it
             browser.type(f"#content-{ids[5]}-2", '{"intent": "change_address"}')
-            browser.click(f"#edit-{ids[5]}")
+            browser.click_through(f"#edit-{ids[5]}")
             assert browser.text("#empty") == "Nothing pending."
     finally:
         server.terminate()

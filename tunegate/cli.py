@@ -270,14 +270,20 @@ def lineage_cmd(
         console.print_json(json.dumps(chain, default=str))
         return
     a, t, s = chain["adapter"], chain["training"], chain["snapshot"]
-    console.print(f"[bold]adapter[/bold] {a['adapter_id']}\n  path {a['path']}")
-    console.print(_table("source files", [
-        {"path": r["path"], "sha256": r["sha256"][:16], "format": r["format"],
-         "origin": r["origin"], "rows": r["n_rows"]} for r in chain["sources"]]))  # fmt: skip
+    # Paths are printed whole (soft_wrap): a table would cut them to the terminal's width.
+    console.print(f"[bold]adapter[/bold] {a['adapter_id']}\n  path {a['path']}", soft_wrap=True)
+    console.print("[bold]source files[/bold]")
+    for r in chain["sources"]:
+        console.print(
+            f"  {r['path']}\n    sha256 {r['sha256'][:16]}  format {r['format']}"
+            f"  origin {r['origin']}  rows {r['n_rows']}",
+            soft_wrap=True,
+        )
     console.print(f"[bold]verdicts[/bold] {chain['verdicts']}")
     if s:
         console.print(
-            f"[bold]snapshot[/bold] {s['snapshot_id']} ({s['n_records']} records) {s['path']}"
+            f"[bold]snapshot[/bold] {s['snapshot_id']} ({s['n_records']} records) {s['path']}",
+            soft_wrap=True,
         )
     if t:
         console.print(

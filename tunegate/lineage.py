@@ -841,12 +841,18 @@ class Lineage:
         return {r["status"]: r["n"] for r in rows}
 
 
+# DuckDB's buffer limit per connection. Without it, the checkpoint when a connection closes
+# grows with the database (1.9 GB resident at 600k curated rows, for a moment); with it the
+# peak stays flat (0.9 GB) at the same speed, and big queries spill to disk instead.
+MEMORY_LIMIT = "512MB"
+
+
 def _connect(path: str, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
     """Open the file, waiting while another process (a review server, a flow) holds its lock."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return duckdb.connect(path)
+            return duckdb.connect(path, config={"memory_limit": MEMORY_LIMIT})
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise
