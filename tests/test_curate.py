@@ -20,8 +20,8 @@ def rows():
     return [
         *good,
         {"instruction": "question 0? ", "input": "", "output": "answer  0."},  # exact dup
-        {"instruction": "Empty", "input": "", "output": "   "},                 # empty answer
-        '{"instruction": "cut',                                                  # bad JSON
+        {"instruction": "Empty", "input": "", "output": "   "},  # empty answer
+        '{"instruction": "cut',  # bad JSON
         {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "v"}]},
     ]
 
@@ -41,8 +41,12 @@ def test_every_row_gets_a_verdict_and_conservation_holds(tmp_path):
     result = curate(cfg, lineage, run)
     assert assert_conserved(lineage, run, 11) == {"accepted": 5, "schema": 5, "exact_duplicate": 1}
     assert result.n_input == 11
-    details = {(r["source"][-7:], r["source_row"]): r["detail"] for r in lineage.query(
-        "SELECT source, source_row, detail FROM row_verdicts WHERE status = 'rejected'")}
+    details = {
+        (r["source"][-7:], r["source_row"]): r["detail"]
+        for r in lineage.query(
+            "SELECT source, source_row, detail FROM row_verdicts WHERE status = 'rejected'"
+        )
+    }
     assert "same conversation as" in details["a.jsonl", 6] and ":1 " in details["a.jsonl", 6]
     assert "messages[1].content: empty" in details["a.jsonl", 7]
     assert "not valid JSON" in details["a.jsonl", 8]
@@ -69,8 +73,10 @@ def test_first_occurrence_is_kept_deterministically(tmp_path):
 
 # --- every reason code of curation's own stages -------------------------------------------------
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
-         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu")
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+)
 
 
 def text(seed: int, n: int = 40) -> str:
@@ -91,19 +97,26 @@ def run_curate(tmp_path, sources, n_input, **overrides):
 
 
 def verdict_rows(lineage, run):
-    return {r["source_row"]: r for r in lineage.query(
-        "SELECT * FROM row_verdicts WHERE run_id = ? ORDER BY source, source_row", [run])}
+    return {
+        r["source_row"]: r
+        for r in lineage.query(
+            "SELECT * FROM row_verdicts WHERE run_id = ? ORDER BY source, source_row", [run]
+        )
+    }
 
 
 def test_near_duplicates_name_the_kept_row_and_share_a_cluster(tmp_path):
     base = text(1, 60)
     edited = base.replace(base.split()[30], "changed", 1)  # one word: Jaccard ~0.95
-    write_jsonl(tmp_path / "n.jsonl", [
-        {"instruction": "Summarise this.", "output": base},
-        {"instruction": "Summarise this.", "output": text(2, 60)},
-        {"instruction": "Summarise this.", "output": edited},
-        {"instruction": "Summarise this!", "output": edited + " extra"},
-    ])
+    write_jsonl(
+        tmp_path / "n.jsonl",
+        [
+            {"instruction": "Summarise this.", "output": base},
+            {"instruction": "Summarise this.", "output": text(2, 60)},
+            {"instruction": "Summarise this.", "output": edited},
+            {"instruction": "Summarise this!", "output": edited + " extra"},
+        ],
+    )
     _, lineage, run = run_curate(tmp_path, [{"path": "n.jsonl"}], 4)
     v = verdict_rows(lineage, run)
     reasons = [v[i]["reason"] for i in (1, 2, 3, 4)]
@@ -113,11 +126,14 @@ def test_near_duplicates_name_the_kept_row_and_share_a_cluster(tmp_path):
 
 
 def test_exact_duplicates_record_cluster_and_first_occurrence(tmp_path):
-    write_jsonl(tmp_path / "e.jsonl", [
-        {"instruction": "Hello ,  world", "output": "Fine."},
-        {"instruction": "hello, world", "output": "fine."},
-        {"instruction": "HELLO, WORLD", "output": "FINE."},
-    ])
+    write_jsonl(
+        tmp_path / "e.jsonl",
+        [
+            {"instruction": "Hello ,  world", "output": "Fine."},
+            {"instruction": "hello, world", "output": "fine."},
+            {"instruction": "HELLO, WORLD", "output": "FINE."},
+        ],
+    )
     _, lineage, run = run_curate(tmp_path, [{"path": "e.jsonl"}], 3)
     v = verdict_rows(lineage, run)
     assert v[1]["status"] == "accepted"
@@ -127,12 +143,15 @@ def test_exact_duplicates_record_cluster_and_first_occurrence(tmp_path):
 
 def test_duplicate_response_long_answers_only(tmp_path):
     long_answer = text(5, 30)
-    write_jsonl(tmp_path / "r.jsonl", [
-        {"instruction": text(10, 10), "output": long_answer},
-        {"instruction": text(11, 10), "output": long_answer},  # same long answer: rejected
-        {"instruction": "Is the sky blue?", "output": "Yes"},
-        {"instruction": "Is water wet?", "output": "Yes"},  # short answers may repeat
-    ])
+    write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            {"instruction": text(10, 10), "output": long_answer},
+            {"instruction": text(11, 10), "output": long_answer},  # same long answer: rejected
+            {"instruction": "Is the sky blue?", "output": "Yes"},
+            {"instruction": "Is water wet?", "output": "Yes"},  # short answers may repeat
+        ],
+    )
     _, lineage, run = run_curate(tmp_path, [{"path": "r.jsonl"}], 4)
     v = verdict_rows(lineage, run)
     assert [v[i]["reason"] for i in (1, 2, 3, 4)] == [None, "duplicate_response", None, None]
@@ -143,26 +162,38 @@ def test_contamination_ngram_short_text_and_near_copy(tmp_path):
     ticket = text(20, 30)
     short = "what is the boiling point of water at sea level"  # 10 words, < 13
     near = text(21, 40)
-    write_jsonl(tmp_path / "evals" / "heldout.jsonl", [
-        {"id": "h-1", "ticket": ticket, "target": "refund"},
-        {"id": "h-2", "ticket": short, "target": "100 C"},
-        {"id": "h-3", "ticket": near, "target": "x"},
-    ])
+    write_jsonl(
+        tmp_path / "evals" / "heldout.jsonl",
+        [
+            {"id": "h-1", "ticket": ticket, "target": "refund"},
+            {"id": "h-2", "ticket": short, "target": "100 C"},
+            {"id": "h-3", "ticket": near, "target": "x"},
+        ],
+    )
     words = near.split()
     for k in (12, 25, 38):  # an edit every 13 words: no 13-gram survives, 79% of 3-shingles do
         words[k] = "edited"
-    write_jsonl(tmp_path / "c.jsonl", [
-        {"instruction": "Classify: " + " ".join(ticket.split()[5:20]), "output": "refund"},
-        {"instruction": f"Quiz. {short.capitalize()}?", "output": "100 degrees."},
-        {"instruction": "Classify: " + " ".join(words), "output": "x"},
-        {"instruction": text(22, 30), "output": "clean"},
-        {"instruction": "What is the boiling point?", "output": "It depends."},
-    ])
-    _, lineage, run = run_curate(tmp_path, [{"path": "c.jsonl"}], 5,
-                                 eval={"heldout_path": "evals/heldout.jsonl"})
+    write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"instruction": "Classify: " + " ".join(ticket.split()[5:20]), "output": "refund"},
+            {"instruction": f"Quiz. {short.capitalize()}?", "output": "100 degrees."},
+            {"instruction": "Classify: " + " ".join(words), "output": "x"},
+            {"instruction": text(22, 30), "output": "clean"},
+            {"instruction": "What is the boiling point?", "output": "It depends."},
+        ],
+    )
+    _, lineage, run = run_curate(
+        tmp_path, [{"path": "c.jsonl"}], 5, eval={"heldout_path": "evals/heldout.jsonl"}
+    )
     v = verdict_rows(lineage, run)
     assert [v[i]["reason"] for i in range(1, 6)] == [
-        "contamination", "contamination", "contamination", None, None]
+        "contamination",
+        "contamination",
+        "contamination",
+        None,
+        None,
+    ]
     assert v[1]["eval_item"] == "evals/heldout.jsonl#h-1" and "13-gram" in v[1]["detail"]
     assert v[2]["eval_item"].endswith("#h-2") and "whole 10-word eval text" in v[2]["detail"]
     assert v[3]["eval_item"].endswith("#h-3") and "shingles" in v[3]["detail"]
@@ -171,10 +202,16 @@ def test_contamination_ngram_short_text_and_near_copy(tmp_path):
 
 def test_eval_files_are_configurable_and_missing_ones_reported(tmp_path):
     write_jsonl(tmp_path / "suite" / "arc.jsonl", [{"query": text(30, 20), "choices": ["a", "b"]}])
-    write_jsonl(tmp_path / "d.jsonl", [{"instruction": text(30, 20), "output": "a"},
-                                       {"instruction": text(31, 20), "output": "b"}])
+    write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"instruction": text(30, 20), "output": "a"},
+            {"instruction": text(31, 20), "output": "b"},
+        ],
+    )
     result, lineage, run = run_curate(
-        tmp_path, [{"path": "d.jsonl"}], 2, contamination={"eval_files": ["suite", "nowhere"]})
+        tmp_path, [{"path": "d.jsonl"}], 2, contamination={"eval_files": ["suite", "nowhere"]}
+    )
     row = verdict_rows(lineage, run)[1]
     assert row["reason"] == "contamination" and row["eval_item"] == "suite/arc.jsonl:1"
     html = result.report.read_text()
@@ -187,8 +224,9 @@ def test_conservation_on_every_input_format(tmp_path):
 
     import datasets
 
-    rows_ok = [{"instruction": f"q{i} " + text(i, 5), "input": "", "output": f"a{i}"}
-               for i in range(6)]
+    rows_ok = [
+        {"instruction": f"q{i} " + text(i, 5), "input": "", "output": f"a{i}"} for i in range(6)
+    ]
     body = ",\n".join(json.dumps(r) for r in rows_ok[:3])
     bad = '{"instruction": "x", "output": tru},\n{"instruction": "ok", "output": 3}'
     (tmp_path / "a.json").write_text(f"[\n{body},\n{bad}\n]")
@@ -210,8 +248,9 @@ def test_conservation_on_every_input_format(tmp_path):
 
 
 def test_recorded_run_streams_verdicts_and_spools_accepted_rows(tmp_path):
-    write_jsonl(tmp_path / "s.jsonl", [{"instruction": text(i, 8), "output": f"ok {i}"}
-                                       for i in range(30)])
+    write_jsonl(
+        tmp_path / "s.jsonl", [{"instruction": text(i, 8), "output": f"ok {i}"} for i in range(30)]
+    )
     result, *_ = run_curate(tmp_path, [{"path": "s.jsonl"}], 30)
     assert isinstance(result.accepted, AcceptedRecords) and isinstance(result.verdicts, RunVerdicts)
     assert len(result.accepted) == 30 and result.accepted[-1].source_row == 30
@@ -223,8 +262,10 @@ def test_recorded_run_streams_verdicts_and_spools_accepted_rows(tmp_path):
 
 
 def test_batch_expectations_block_the_run_with_a_clear_message(tmp_path):
-    write_jsonl(tmp_path / "syn.jsonl", [{"instruction": text(i, 8), "output": f"ok {i}"}
-                                         for i in range(10)])
+    write_jsonl(
+        tmp_path / "syn.jsonl",
+        [{"instruction": text(i, 8), "output": f"ok {i}"} for i in range(10)],
+    )
     cfg = make_config(tmp_path, [{"path": "syn.jsonl", "origin": "synthetic"}])
     lineage = Lineage(tmp_path / "l.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
@@ -240,8 +281,12 @@ def test_batch_expectations_block_the_run_with_a_clear_message(tmp_path):
 
 def test_too_few_accepted_rows_block_the_run(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", rows())
-    cfg = make_config(tmp_path, [], data={"sources": [{"path": "a.jsonl"}], "min_accepted_rows": 6},
-                      contracts={"batch_suite": None})  # the GX row count would block first
+    cfg = make_config(
+        tmp_path,
+        [],
+        data={"sources": [{"path": "a.jsonl"}], "min_accepted_rows": 6},
+        contracts={"batch_suite": None},
+    )  # the GX row count would block first
     lineage = Lineage(tmp_path / "l.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
     with pytest.raises(CurationError, match=r"only 5 of 9 rows accepted \(data.min_accepted_rows"):

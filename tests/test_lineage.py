@@ -17,8 +17,9 @@ def test_schema_is_versioned_and_a_newer_file_is_refused(tmp_path):
 def test_writes_are_transactional(tmp_path):
     lin = Lineage(tmp_path / "l.duckdb")
     run = lin.start_run("test", "h", "{}")
-    bad = [Verdict("f", 1, None, "curate", "accepted"), Verdict("f", "x", None, "c", "rejected")]  # type: ignore[arg-type]
-    with pytest.raises(Exception):
+    bad = [Verdict("f", 1, None, "curate", "accepted"),
+           Verdict("f", "x", None, "c", "rejected")]  # type: ignore[arg-type]  # fmt: skip
+    with pytest.raises(ValueError):  # the bad row fails the batch: the good row is not kept
         lin.record_verdicts(run, bad)
     assert lin.query("SELECT count(*) AS n FROM row_verdicts")[0]["n"] == 0
     lin.record_verdicts(run, bad[:1])
@@ -30,8 +31,8 @@ def test_promotion_moves_alias_and_refusal_does_not(tmp_path):
     lin.record_promotion("a1", "production", "promoted", "ok", "ci", None)
     lin.record_promotion("a2", "production", "refused", "gate failed", "ci", None)
     assert lin.alias_target("production") == "a1"
-    assert [r["decision"] for r in lin.query("SELECT decision FROM promotions ORDER BY created_at")] == [
-        "promoted", "refused"]
+    decisions = lin.query("SELECT decision FROM promotions ORDER BY created_at")
+    assert [r["decision"] for r in decisions] == ["promoted", "refused"]
 
 
 def test_adapter_lookup_by_prefix(tmp_path):
@@ -50,17 +51,36 @@ def test_an_older_lineage_file_is_migrated_in_place(tmp_path, version):
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [version])
-    con.execute("CREATE TABLE row_verdicts (run_id VARCHAR, source VARCHAR, source_row BIGINT, "
-                "record_id VARCHAR, stage VARCHAR, status VARCHAR, reason VARCHAR, detail VARCHAR)")
+    con.execute(
+        "CREATE TABLE row_verdicts (run_id VARCHAR, source VARCHAR, source_row BIGINT, "
+        "record_id VARCHAR, stage VARCHAR, status VARCHAR, reason VARCHAR, detail VARCHAR)"
+    )
     con.execute("INSERT INTO row_verdicts VALUES ('r0', 'f', 1, NULL, 'curate', 'accepted', "
                 "NULL, NULL)")  # fmt: skip
     con.close()
     lin = Lineage(db)
-    lin.record_verdicts("r1", [Verdict("f", 1, None, "near_dedup", "rejected", "near_duplicate",
-                                       "d", duplicate_of="f:0", cluster_id="n-1", raw="{}")])
+    lin.record_verdicts(
+        "r1",
+        [
+            Verdict(
+                "f",
+                1,
+                None,
+                "near_dedup",
+                "rejected",
+                "near_duplicate",
+                "d",
+                duplicate_of="f:0",
+                cluster_id="n-1",
+                raw="{}",
+            )
+        ],
+    )
     rows = lin.query("SELECT run_id, duplicate_of, cluster_id, raw FROM row_verdicts "
                      "ORDER BY run_id")  # fmt: skip
-    assert rows == [{"run_id": "r0", "duplicate_of": None, "cluster_id": None, "raw": None},
-                    {"run_id": "r1", "duplicate_of": "f:0", "cluster_id": "n-1", "raw": "{}"}]
+    assert rows == [
+        {"run_id": "r0", "duplicate_of": None, "cluster_id": None, "raw": None},
+        {"run_id": "r1", "duplicate_of": "f:0", "cluster_id": "n-1", "raw": "{}"},
+    ]
     assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION)
     assert lin.review_items() == [] and lin.review_counts("r1") == {}  # version-2 tables exist

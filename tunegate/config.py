@@ -103,7 +103,9 @@ class ContaminationConfig(Section):
         "ones (labels, yes/no) never do.",
     )  # fmt: skip
     near_threshold: float = Field(
-        0.7, gt=0.0, le=1.0,
+        0.7,
+        gt=0.0,
+        le=1.0,
         description="A row holding this share of an eval item's word shingles is a near copy "
         "(edits every dozen words break every 13-gram but keep ~80% of 3-shingles).",
     )
