@@ -10,7 +10,7 @@ assistant-only labels. Each run is its own subprocess, so its peak RSS and wall 
 runs alternate (tunegate, baseline, tunegate, ...) so load from other jobs hits both alike.
 
 1. tunegate: `train_adapter` with `pipeline.yaml`'s `lora` and `train` sections, as `make run`
-   uses them (padding-free micro-batches of 2 with gradient accumulation, label-only LM head,
+   uses them (padding-free micro-batches with gradient accumulation, label-only LM head,
    NF4, LoRA on all linear layers, checkpoints every 10 steps), except `validation_fraction: 0`
    so both sides train on every row (the eval loss is not training work).
 2. baseline: the blog recipe: `BitsAndBytesConfig` NF4 + double quantization,

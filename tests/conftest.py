@@ -104,4 +104,15 @@ def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir
     return BaseModel(ref=str(path), path=path, sha256=sha256_dir(path))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls: one thread is fastest, and immune to other jobs holding the other core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- end train fixtures ---

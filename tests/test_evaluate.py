@@ -2,7 +2,7 @@
 task and the general suite, and the base-model cache key.
 
 The end-to-end tests use a tiny randomly initialised Llama saved with the real SmolLM2
-tokenizer (read from the embedded GGUF, ~8 s once per module): real prompts, fast model.
+tokenizer (`tiny_base_model` of conftest.py): real prompts, fast model.
 """
 
 from __future__ import annotations
@@ -119,38 +119,15 @@ def test_process_results_reads_the_target_column():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(tiny_base_model):
     from transformers import AutoTokenizer
 
-    from tunegate.models import embedded_gguf
-
-    gguf = embedded_gguf()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(tiny_base_model.path)
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tokenizer, tmp_path_factory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def tiny_model_dir(tiny_base_model) -> Path:
+    return tiny_base_model.path
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,7 @@ from tunegate.lineage import Lineage
 from tunegate.snapshot import Snapshot
 from tunegate.train_report import CURVE_FILE, training_section
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_recorded_training_keeps_the_loss_curve_and_draws_it(tmp_path, tiny_base_model):

@@ -24,6 +24,8 @@ WorkspaceOpt = Annotated[
 
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # nothing downloads at run time
     os.environ.setdefault(var, "1")
+# Nor phones home: offline, Prefect's telemetry would log an ERROR on every temporary server.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _config(path: Path) -> PipelineConfig:
@@ -81,11 +83,13 @@ def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
     for task, score in summary["general"].items():
         table.add_row(f"{task} base → adapter", f"{score['base']:.3f} → {score['adapter']:.3f}")
     table.add_row("gate", summary["gate"])
-    table.add_row("adapter id", str(summary["adapter_id"]))
     table.add_row("decision", summary["reason"])
-    table.add_row("report", summary["report"])
-    table.add_row("eval report", summary["eval_report"])
     console.print(table)
+    # Ids and paths whole (soft_wrap), to copy into `tunegate lineage` or a browser: a table
+    # cuts them to the terminal's width.
+    for name, value in (("adapter id", summary["adapter_id"]), ("report", summary["report"]),
+                        ("eval report", summary["eval_report"])):  # fmt: skip
+        console.print(f"[bold]{name}[/bold] {value}", soft_wrap=True)
     if not summary["promoted"]:
         raise typer.Exit(3)
 
