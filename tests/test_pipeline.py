@@ -7,6 +7,7 @@ suite; the promotion test trains the embedded SmolLM2 as `make run` does (marked
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,9 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
         "SELECT (SELECT sum(n_rows) FROM sources), (SELECT count(*) FROM row_verdicts)",
     )[0]
     assert inputs == verdicts  # every input row has its verdict
+    stages = dict(query(tmp_path, "SELECT stage, metrics_json FROM stage_runs"))
+    assert json.loads(stages["synthetic"])["synthetic_rejected"] == 3  # the planted defects
+    assert json.loads(stages["review"])["why"] == "nothing was pending"  # waited, then closed
 
     ((adapter_id,),) = query(tmp_path, "SELECT adapter_id FROM adapters")
     trace = tunegate("lineage", adapter_id[:12], "--workspace", str(tmp_path / "ws"), cwd=tmp_path)

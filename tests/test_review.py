@@ -41,7 +41,7 @@ SYNTHETIC = [
     synthetic(
         "Please refund order B00001, it broke.", '{"intent": "refund", "order_id": "B00001"}'
     ),
-    synthetic("Cancel my order B00002 please.", '{"intent": "cancel_order"} I hope this helps!'),
+    synthetic("Cancel my order B00002 please.", '{"intent": "cancel_order"}\nI hope this helps!'),
     synthetic(
         "I can't log in to my account.", '{"intent": "account_access"} Feel free to ask more.'
     ),
@@ -130,6 +130,8 @@ def test_bad_decisions_change_nothing(queued):
         decide(lineage, item, "maybe", "alice")
     with pytest.raises(ReviewError, match=r"record contract.*empty"):
         decide(lineage, item, "edit", "alice", edited_contents=[SYSTEM, "Cancel B00002.", " "])
+    with pytest.raises(ReviewError, match="an edit needs 3 message contents"):
+        decide(lineage, item, "edit", "alice", edited_contents=["Cancelled."])
     assert conserved(lineage, run)["review_pending"] == 3
     assert lineage.query("SELECT count(*) AS n FROM review_decisions")[0]["n"] == 0
 
@@ -205,6 +207,17 @@ def test_a_later_run_reuses_human_decisions(queued):
     assert '{"intent": "x"}' in [r.messages[-1][1] for r in final.accepted]
 
 
+def write_decisions(path: Path, rows: list[dict]) -> None:
+    """The exported rows saved back, as a reviewer's spreadsheet or editor does."""
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_export_and_import_decisions_offline(queued, tmp_path, suffix):
     _cfg, lineage, run, _ = queued
@@ -219,21 +232,23 @@ def test_export_and_import_decisions_offline(queued, tmp_path, suffix):
     assert [m[1]["content"] for m in messages] == [
         "Cancel my order B00002 please.", "I can't log in to my account.",
         "Change the address of B00005."]  # fmt: skip
-    rows[0].update(decision="accept", reviewer="alice")
+    write_decisions(out, [rows[0] | {"decision": "edit", "answer": "{}"}, *rows[1:]])
+    first = import_decisions(lineage, out, reviewer="bob")  # `edit` is not a decision; 2 blank
+    assert (first.applied, first.blank) == (0, 2) and "'edit' is not accept" in first.errors[0]
+    crlf = rows[0]["answer"].replace("\n", "\r\n")  # as a spreadsheet saves a line break
+    rows[0].update(decision="accept", reviewer="alice", answer=crlf)
     rows[1].update(decision="reject", note="boilerplate")  # reviewer from --reviewer
     rows[2].update(decision="accept", answer='{"intent": "change_address"}')  # an edit
-    if suffix == ".csv":
-        with out.open("w", newline="") as f:
-            writer = csv.DictWriter(f, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_decisions(out, rows)
     summary = import_decisions(lineage, out, reviewer="bob")
     assert (summary.applied, summary.kept, summary.blank, summary.errors) == (3, 0, 0, [])
     assert conserved(lineage, run) == {"accepted": 9, "review_rejected": 1, "synthetic_rejected": 1}
     who = lineage.query("SELECT reviewer FROM review_queue ORDER BY source_row")
     assert [r["reviewer"] for r in who] == ["alice", "bob", "bob"]
+    edited = {i["source_row"]: i["final_record_id"] != i["record_id"]
+              for i in lineage.review_items(run, "accepted")}  # fmt: skip
+    assert edited == {2: False, 5: True}  # only a changed answer is an edit, not its line ends
+    assert export_queue(lineage, tmp_path / f"left{suffix}", run) == 0  # nothing left pending
     again = import_decisions(lineage, out, reviewer="bob")
     assert again.applied == 0 and len(again.errors) == 3 and "already" in again.errors[0]
 

@@ -51,9 +51,9 @@ def review_flow(config: PipelineConfig, run_id: str, model_dir: str) -> dict[str
     lineage = Lineage(config.workspace_dir / "lineage.duckdb")
     base = BaseModel(ref=model_dir, path=Path(model_dir), sha256="test")  # renders the rows
     curation = curate_data(config, lineage, run_id, base)
-    triage = triage_synthetic(config, lineage, run_id, curation, None)
+    triage = triage_synthetic(config, lineage, run_id, curation, base)
     why = wait_for_review(config, lineage, run_id)
-    result = close_review_queue(config, lineage, run_id, triage, None, why)
+    result = close_review_queue(config, lineage, run_id, triage, base, why)  # re-checks edits
     return {"why": why, "accepted": [r.messages[1][1] for r in result.accepted]}
 
 
@@ -143,14 +143,24 @@ def test_pending_rows_pause_the_flow_until_a_reviewer_resumes_it(prefect_server,
 def test_the_flow_resumes_by_itself_once_every_row_is_decided(prefect_server, model, tmp_path):
     cfg, lineage, run_id = setup(tmp_path)
     thread, out = start(cfg, run_id, model)
-    paused_flow_run()
-    for item in lineage.review_items(run_id):
-        decide(lineage, item["item_id"], "accept", "carol")
+    paused = paused_flow_run()
+    first, second = lineage.review_items(run_id)
+    decide(lineage, first["item_id"], "accept", "carol")
+    time.sleep(3)  # three polls with a row still pending: the flow stays paused
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(paused.id).state.is_paused()
+    decide(lineage, second["item_id"], "edit", "carol",
+           edited_contents=[SYSTEM, "I can't log in.", "ok<|im_end|>"])  # fmt: skip
     thread.join(timeout=120)
     assert "error" not in out, out.get("error")
     assert out["state"].is_completed()
     assert out["state"].result()["why"] == "tunegate resumed the run"
-    assert counts(lineage, run_id) == {"accepted": 4}
+    assert counts(lineage, run_id) == {"accepted": 3, "template": 1}  # the edit failed at close
+
+
+def test_nothing_pending_never_pauses(tmp_path):
+    cfg, lineage, run_id = setup(tmp_path)  # review.wait on, nothing queued
+    assert wait_for_review(cfg, lineage, run_id) == "nothing was pending"
 
 
 def test_a_timeout_leaves_pending_rows_rejected(prefect_server, model, tmp_path):

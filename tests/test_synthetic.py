@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from conftest import SHARED_DATA
@@ -73,6 +74,30 @@ def test_repetition_loops_are_rejected_gopher_rules():
     assert "repetition" not in scored("Orders ship. " * 5).flags
 
 
+STEPS = ["Open the orders page from the main menu.", "Find the parcel you want to send abroad.",
+         "Check the customs form and the declared value.", "Pick a carrier that delivers there.",
+         "Print the label and attach it to the box.",
+         "Book a pickup or drop the parcel off."]  # fmt: skip
+STOCK = ["Blue mugs", "Red scarves", "Green kettles", "Oak shelves", "Wool socks", "Glass jars",
+         "Steel pans", "Linen towels", "Cotton shirts", "Paper lamps", "Clay pots",
+         "Silk ties"]  # fmt: skip
+REFUND = "Your refund was approved on Monday and the money is on its way back to your card."
+
+
+@pytest.mark.parametrize(("answer", "rule"), [
+    ("\n".join(f"{step}\nDone." for step in STEPS), r"dup_line_frac"),  # a repeated line
+    (" ".join(f"{item} are in stock." for item in STOCK), r"top_\dgram_frac"),  # one n-gram
+    (f"{REFUND} Banks usually need three to five business days to show it on the statement. "
+     f"If you paid with a gift card, the balance is back at once and you can spend it right "
+     f"away. {REFUND}", r"dup_\d+gram_frac"),  # a repeated passage
+])  # fmt: skip
+def test_each_gopher_rule_rejects_on_its_own(answer, rule):
+    s = scored(answer)
+    assert s.flags == ("repetition",) and s.outcome == REJECTED
+    broken = s.detail.removeprefix("repetition: ").split("; ")
+    assert all(re.fullmatch(rf"{rule} [\d.]+ > [\d.]+", b) for b in broken), broken
+
+
 @pytest.mark.parametrize("answer", ["N/A", "<nooutput>", "..."])
 def test_placeholder_answers_are_rejected(answer):
     s = scored(answer)
@@ -101,12 +126,15 @@ def test_the_same_long_answer_for_different_prompts_is_flagged():
     out = score_synthetic(rows, [], CFG)
     assert [("repeated_answer" in s.flags) for s in out] == [True, True, True, False]
     assert out[0].scores["answer_repeats"] == 3 and out[0].outcome == REVIEW
+    labels = [chat(f"Ticket {i}: where is my parcel?", "Shipping delay.", row=i) for i in range(3)]
+    assert all(s.flags == () for s in score_synthetic(labels, [], CFG))  # short labels repeat
 
 
 def test_symbol_soup_is_flagged_non_alpha():
     soup = " ".join(["}", "{", "verify", "}", "];", "}", "=>", "})"] * 8)
     s = scored(soup)
     assert "non_alpha" in s.flags and s.scores["alpha_word_frac"] < 0.6
+    assert scored("42", user="How many items are in order A12345?").flags == ()  # short: not judged
 
 
 def test_near_copies_of_human_rows_are_rejected():

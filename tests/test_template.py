@@ -128,6 +128,22 @@ def test_a_generation_prompt_that_differs_from_training_is_rejected(tokenizer, t
     assert "message 1" in detail and "'<think>" in detail
 
 
+def test_an_answer_rendered_differently_in_context_is_rejected(tokenizer, tmp_path):
+    # Reasoning templates (Qwen3, DeepSeek-R1) drop the <think> block of earlier answers.
+    strips = tokenizer.chat_template.replace(
+        "message['content']",
+        "(message['content'].split('</think>')[-1] if message['role'] == 'assistant' "
+        "and not loop.last else message['content'])",
+    )
+    tok = variant(tokenizer, chat_template=strips)
+    row = (GOOD[0], ("assistant", "<think>Look it up.</think>It ships tomorrow."),
+           ("user", "And then?"), ("assistant", "Two days."))  # fmt: skip
+    reason, detail = judge(tok, row, config(tmp_path))
+    assert reason == "template_parity"
+    assert detail.startswith("message 1: renders differently alone than in context")
+    assert judge(tok, (*GOOD, *row[2:]), config(tmp_path)) is None  # no think block: same tokens
+
+
 def test_an_eos_that_is_not_the_end_of_turn_is_rejected(tokenizer, tmp_path):
     # eos_token <|endoftext|> while turns end with <|im_end|>: the model never learns to stop.
     tok = variant(tokenizer, eos_token="<|endoftext|>")
