@@ -176,9 +176,9 @@ def test_perplexity_flags_token_garbage(embedded_model_dir):
     assert out[1].flags == () and math.isclose(out[1].scores["perplexity"], ppl[1], rel_tol=1e-3)
 
 
-# -- real public data (/work/shared/data) --------------------------------------------------------
+# -- real public data (../shared/data) ------------------------------------------------------------
 
-needs_data = pytest.mark.skipif(not SELF_INSTRUCT.is_dir(), reason="no /work/shared/data")
+needs_data = pytest.mark.skipif(not SELF_INSTRUCT.is_dir(), reason="../shared/data is not here")
 
 
 def prompt(instruction: str, extra: str) -> str:
