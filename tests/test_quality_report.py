@@ -83,6 +83,10 @@ def test_verdicts_cli_lists_filters_and_exports_rejected_rows(curated, tmp_path)
     listed = CliRunner().invoke(app, ["verdicts", "-w", ws, "--run", run, "--reason", "schema"])
     assert listed.exit_code == 0, listed.output
     assert "schema" in listed.output and "exact_duplicate" not in listed.output
+    # The source column is narrow at 80 columns: the path is folded over lines, not cut.
+    folded = "".join(line.split("│")[1].strip() for line in listed.output.splitlines()
+                     if line.count("│") > 2)  # fmt: skip
+    assert "…" not in listed.output and str(cfg.data.sources[0].path) in folded
     out = tmp_path / "rejected.jsonl"
     done = CliRunner().invoke(app, ["verdicts", "-w", ws, "--export", str(out)])
     assert done.exit_code == 0, done.output

@@ -47,9 +47,10 @@ def _lineage(workspace: Path):
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """Rows as a table; a value too wide for its column (a path, an id) is folded, never cut."""
     table = Table(title=title, title_justify="left")
     for col in rows[0] if rows else []:
-        table.add_column(str(col))
+        table.add_column(str(col), overflow="fold")
     for row in rows:
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
     return table
