@@ -104,6 +104,19 @@ def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir
     return BaseModel(ref=str(path), path=path, sha256=sha256_dir(path))
 
 
+@pytest.fixture(params=["off", "on"], ids=["no-native-bf16", "native-bf16"])
+def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test as on a CPU without native bf16 (`auto` -> fp32) and as on one with it.
+
+    No job chooses its CPU, so both paths run everywhere: `on` computes bf16 emulated where
+    the CPU lacks it (correct, slower), which the tiny models afford.
+    """
+    from tunegate.precision import ENV_CPU_BF16
+
+    monkeypatch.setenv(ENV_CPU_BF16, request.param)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny matmuls: one thread is fastest, and immune to other jobs holding the other core."""

@@ -18,7 +18,9 @@ def outcome(subject: str, task: str, metric: str, scores: list[float]) -> EvalOu
         for i, s in enumerate(scores)
     ]  # fmt: skip
     mean = sum(scores) / len(scores)
-    return EvalOutcome(subject, task, {metric: (mean, 0.05)}, len(scores), samples, 1.0, metric)
+    return EvalOutcome(
+        subject, task, {metric: (mean, 0.05)}, len(scores), samples, 1.0, metric, "float32"
+    )
 
 
 @pytest.fixture

@@ -251,3 +251,19 @@ def test_cache_key_changes_with_what_the_scores_depend_on(tiny_model_dir, tmp_pa
     data = tmp_path / "piqa.jsonl"
     data.write_text(piqa.data.read_text().replace("Question", "Q", 1))
     assert cache_key(replace(piqa, data=data), base) != key
+    other = "bfloat16" if piqa.dtype == "float32" else "float32"
+    assert cache_key(replace(piqa, dtype=other), base) != key  # bf16 scores are not fp32 scores
+
+
+def test_eval_dtype_follows_the_training_rule(tiny_model_dir, tiny_adapter_dir, tmp_path, cpu_bf16):
+    """`auto`: bf16 with native bf16, else fp32; base and adapter in the same one."""
+    config = make_config(tmp_path, general={"tasks": ["piqa"], "limit": 4, "batch_size": 8})
+    expected = "bfloat16" if cpu_bf16 == "on" else "float32"
+    (task,) = general_tasks(config)
+    assert task.dtype == expected and task.settings()["dtype"] == expected
+    assert general_tasks(make_config(tmp_path, compute_dtype="float32"))[0].dtype == "float32"
+    base = BaseModel(ref=str(tiny_model_dir), path=tiny_model_dir, sha256="tiny")
+    (base_out,) = evaluate(base, None, "base", [task])
+    (adapter_out,) = evaluate(base, tiny_adapter_dir, "adapter", [task])
+    assert base_out.dtype == adapter_out.dtype == expected
+    assert base_out.n == adapter_out.n == 4

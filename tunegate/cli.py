@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunegate.config import ConfigError, PipelineConfig, load_config
+from tunegate.config import ConfigError, PipelineConfig, check_runnable, load_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -28,9 +28,15 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # nothing downloads at ru
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _config(path: Path) -> PipelineConfig:
+def _config(path: Path, runnable: bool = False) -> PipelineConfig:
+    """The config, or exit 1 with every problem; `runnable`: also checked against the device."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        if runnable:
+            from tunegate.precision import pick_device
+
+            check_runnable(config, pick_device(), str(path))
+        return config
     except ConfigError as exc:
         err.print(f"[red]invalid config[/red] {exc}")
         raise typer.Exit(1) from None
@@ -59,14 +65,14 @@ def _table(title: str, rows: list[dict[str, Any]]) -> Table:
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check a pipeline YAML; every bad key is reported with its path and reason."""
-    cfg = _config(config)
+    cfg = _config(config, runnable=True)
     console.print(f"[green]ok[/green] {config} (config hash {cfg.config_hash()[:16]})")
 
 
 @app.command()
 def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
     """Run the whole gated pipeline as a Prefect flow (temporary local server)."""
-    _config(config)  # fail fast, before Prefect starts
+    _config(config, runnable=True)  # fail fast, before Prefect starts
     from flows.pipeline import pipeline
 
     summary = pipeline(str(config))
@@ -155,7 +161,7 @@ def train_cmd(
     from tunegate.snapshot import Snapshot
     from tunegate.train import TrainError, is_main_process, process_state
 
-    cfg = _config(config)
+    cfg = _config(config, runnable=True)
     procs = process_state()
     if procs.num_processes > 1 and out is None:
         err.print("[red]--out is required with several processes[/red] (they share one adapter)")

@@ -315,8 +315,9 @@ class TrainConfig(Section):
     )
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
-        description="dtype the matmuls run in; `auto`: bf16 on GPUs that have it, on CPU bf16 "
-        "only with native bf16 instructions, else fp32 (faster there, measured).",
+        description="dtype the matmuls run in; `auto`: bf16 on GPUs that have it and on CPUs "
+        "with native bf16 (AVX512-BF16 / AMX), else fp32 (faster there, measured). A dtype the "
+        "device cannot run well (fp16 on CPU, bf16 on a CPU without it) is refused.",
     )
     learning_rate: float = Field(1e-3, ge=0.0, description="Peak learning rate.")
     max_steps: int = Field(40, ge=1, description="Optimizer steps.")
@@ -391,6 +392,12 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(48, ge=1, description="Generation budget per held-out item.")
     batch_size: int = Field(32, ge=1, description="Items per generation batch.")
     general: GeneralEvalConfig = GeneralEvalConfig()
+    compute_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="dtype base and adapter are both evaluated in (always the same for both); "
+        "`auto` follows train.compute_dtype's rule: bf16 on CUDA and on CPUs with native bf16, "
+        "else fp32. Part of the base scores' cache key.",
+    )
     cache_base: bool = Field(
         True,
         description="Reuse the base model's scores from an earlier run when nothing they depend "
@@ -500,6 +507,25 @@ def parse_config(
     if root is not None:
         config._root = root
     return config
+
+
+def check_runnable(config: PipelineConfig, device: str, source: str = "<config>") -> None:
+    """Refuse settings that parse but cannot run on this machine's device.
+
+    Separate from parsing: the same file is valid on a GPU or a CPU with native bf16 and not
+    on an AVX2-only CPU, so commands that run models check it against the device they run on.
+    """
+    from tunegate.precision import dtype_problem
+
+    settings = {"train.compute_dtype": config.train.compute_dtype,
+                "eval.compute_dtype": config.eval.compute_dtype}  # fmt: skip
+    problems = [
+        (key, f"{why} (device: {device})")
+        for key, value in settings.items()
+        if (why := dtype_problem(value, device))
+    ]
+    if problems:
+        raise ConfigError(source, problems)
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -177,6 +177,7 @@ def write_eval_report(
 ) -> Path:
     """Write `reports/<run id>/eval.html` and return its path."""
     rows = metric_rows(base_evals, adapter_evals, confidence)
+    dtypes = ", ".join(sorted({o.dtype for o in (*base_evals, *adapter_evals)}))
     ok = decision.promoted
     word = {"promoted": "PROMOTED", "forced": "FORCED"}.get(decision.decision, "REFUSED")
     parts = [
@@ -192,7 +193,8 @@ def write_eval_report(
         "</table>",
         f"<h2>Base vs adapter</h2><p class=muted>Means with {confidence:.0%} intervals "
         "(normal approximation); the change is adapter − base over the same items with a "
-        "paired-bootstrap interval.</p><table><tr><th>task</th><th>metric</th><th>n</th>"
+        f"paired-bootstrap interval. Both subjects computed in {_e(dtypes)}.</p>"
+        "<table><tr><th>task</th><th>metric</th><th>n</th>"
         "<th>base</th><th>adapter</th><th>change</th></tr>",
         *(f"<tr><td>{_e(r.task)}</td><td>{_e(r.metric)}</td><td class=n>{r.n}</td>"
           f"<td class=n>{_ci(r.base)}</td><td class=n>{_ci(r.adapter)}</td>"

@@ -136,8 +136,9 @@ def cached_outcome(cached: dict[str, Any], task: EvalTask) -> EvalOutcome:
                r["scores"].get(task.primary, r["score"]), r["scores"], r["prompt"] or "")
         for r in cached["samples"]
     ]  # fmt: skip
+    # The dtype is part of the cache key: the cached scores were computed in the task's.
     return EvalOutcome("base", task.name, cached["metrics"], cached["n"], samples, 0.0,
-                       task.primary)  # fmt: skip
+                       task.primary, task.dtype)  # fmt: skip
 
 
 def outcome(outcomes: list[EvalOutcome], task: str) -> EvalOutcome:

@@ -38,6 +38,7 @@ from tunegate.checkpoints import (
 from tunegate.config import LoraConfig, PipelineConfig, TrainConfig
 from tunegate.manifest import build_manifest, read_manifest, write_manifest
 from tunegate.models import BaseModel, sha256_dir, sha256_file
+from tunegate.precision import dtype_name, dtype_problem, pick_device, resolve_dtype
 from tunegate.snapshot import read_snapshot
 
 if TYPE_CHECKING:
@@ -187,30 +188,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def pick_device() -> str:
-    """CUDA when there is one; the pipeline is built to run on a laptop CPU too."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def compute_dtype(setting: str, device: str) -> torch.dtype:
-    """The dtype matmuls run in: the configured one, or for `auto` the fastest one measured.
-
-    bf16 on GPUs that have it. On CPU, bf16 only where the CPU has bf16 instructions
-    (AVX512-BF16 / AMX): on an AVX2-only CPU it is emulated, and QLoRA on the embedded model
-    trained 7 tokens/s in bf16 against 143 in fp32 (README, "Training").
-    """
-    import torch
-
-    if setting != "auto":
-        return getattr(torch, setting)
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    has_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return torch.bfloat16 if has_bf16 is not None and has_bf16() else torch.float32
-
-
 def use_gradient_checkpointing(setting: str, device: str) -> bool:
     """`auto`: recompute activations on GPUs only.
 
@@ -265,7 +242,7 @@ def load_base(base: BaseModel, train: TrainConfig, device: str) -> PreTrainedMod
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    dtype = compute_dtype(train.compute_dtype, device)
+    dtype = resolve_dtype(train.compute_dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map(device)}
     if train.quantization == "nf4":
         kwargs["quantization_config"] = nf4_config(dtype)
@@ -303,7 +280,7 @@ def sft_config(train: TrainConfig, work_dir: Path, device: str, with_eval: bool)
     import torch
     from trl import SFTConfig
 
-    dtype = compute_dtype(train.compute_dtype, device)
+    dtype = resolve_dtype(train.compute_dtype, device)
     steps = train.max_steps
     return SFTConfig(
         output_dir=str(work_dir),
@@ -518,7 +495,9 @@ def train_adapter(
     from tunegate.progress import LogRecorder, ProgressBar
 
     train, device, procs = config.train, pick_device(), process_state()
-    dtype = compute_dtype(train.compute_dtype, device)
+    if why := dtype_problem(train.compute_dtype, device):
+        raise TrainError(f"train.compute_dtype: {why}")
+    dtype = resolve_dtype(train.compute_dtype, device)
     extra = dict(manifest_extra or {})
     clash = sorted(set(extra) & MANIFEST_KEYS)
     if clash:
@@ -580,7 +559,7 @@ def train_adapter(
                 "device": device,
                 "world_size": procs.num_processes,
                 "quantization": train.quantization,
-                "compute_dtype": str(dtype).removeprefix("torch."),
+                "compute_dtype": dtype_name(dtype),
                 "train": train.model_dump(mode="json"),
                 "lora": config.lora.model_dump(mode="json"),
                 "validation_rows": len(val_set) if val_set is not None else 0,
