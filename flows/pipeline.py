@@ -27,6 +27,7 @@ from tunegate.promote import Decision
 from tunegate.quality.report import stage_funnel_markdown
 from tunegate.quality.template import load_tokenizer
 from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
+from tunegate.runlog import rate, say, stage_line
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
 from tunegate.train_report import training_section
@@ -34,6 +35,10 @@ from tunegate.train_report import training_section
 
 def _stage(lineage: Lineage, run_id: str, stage: str, started: datetime, **metrics: object) -> None:
     lineage.record_stage(run_id, stage, started, "completed", metrics)
+
+
+def _seconds(started: datetime) -> float:
+    return (now() - started).total_seconds()
 
 
 @task(cache_policy=NO_CACHE)
@@ -44,6 +49,11 @@ def curate_data(
     started = now()
     result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path))
     _stage(lineage, run_id, "curate", started, rows=result.n_input, accepted=len(result.accepted))
+    rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items()))
+    seconds = _seconds(started)
+    say(stage_line("curate", f"{result.n_input:,} rows -> {len(result.accepted):,} accepted, "
+                   f"{result.n_input - len(result.accepted):,} rejected ({rejected or 'none'}) "
+                   f"in {seconds:.1f} s, {rate(result.n_input, seconds, 'rows')}"))  # fmt: skip
     create_markdown_artifact(
         funnel_markdown(result.n_input, result.reasons) + "\n\n"
         + stage_funnel_markdown(result.stats, result.report),
@@ -67,13 +77,17 @@ def snapshot_data(
         snapshot_id=snap.snapshot_id,
         rows=len(snap.record_ids),
     )
+    say(stage_line("snapshot", f"{snap.snapshot_id[:12]}: {len(snap.record_ids):,} rows"))
     return snap
 
 
 @task(cache_policy=NO_CACHE, retries=1)
 def load_base_model(config: PipelineConfig, lineage: Lineage) -> BaseModel:
     """Resolve the base model (de-quantizing the embedded GGUF once)."""
-    return stages.prepare_base_model(config, lineage)
+    started = now()
+    base = stages.prepare_base_model(config, lineage)
+    say(stage_line("base", f"{base.ref} ({base.sha256[:12]}) ready in {_seconds(started):.1f} s"))
+    return base
 
 
 @task(cache_policy=NO_CACHE)
@@ -84,6 +98,10 @@ def train_qlora(
     started = now()
     result = stages.train_recorded(config, lineage, run_id, base, snap)
     _stage(lineage, run_id, "train", started, adapter_id=result.adapter_id, **result.metrics)
+    m = result.metrics
+    say(stage_line("train", f"{result.steps} steps, loss {m['first_loss']:.3f} -> "
+                   f"{m['last_loss']:.3f}, {m['tokens_per_s']:.0f} tokens/s, adapter "
+                   f"{result.adapter_id[:12]} in {_seconds(started) / 60:.1f} min"))  # fmt: skip
     create_table_artifact([{"metric": k, "value": v} for k, v in result.metrics.items()],
                           key="training-metrics", description="QLoRA training")  # fmt: skip
     return result
@@ -96,6 +114,12 @@ def _evaluate(
     started = now()
     outcomes = stages.evaluate_recorded(config, lineage, run_id, base, adapter, suite)
     subject = "base" if adapter is None else "adapter"
+    items, seconds = sum(o.n for o in outcomes), _seconds(started)  # model loading included
+    dtype = outcomes[0].dtype if outcomes else "-"
+    done = (f"in {seconds:.1f} s, {rate(items, seconds, 'items')}"
+            if any(o.seconds for o in outcomes)
+            else "reused from an earlier run (same cache key)")  # fmt: skip
+    say(stage_line("eval", f"{suite} {subject}: {items:,} items ({dtype}) {done}"))
     _stage(
         lineage,
         run_id,
@@ -136,6 +160,9 @@ def gate_adapter(
                                               adapter_evals)  # fmt: skip
     _stage(lineage, run_id, "gate", started, promoted=decision.promoted, reason=decision.reason)
     banner = "PROMOTED" if decision.promoted else "REFUSED"
+    passed = sum(g.passed for g in gates)
+    say(stage_line("gates", f"{passed}/{len(gates)} passed: {banner.lower()} "
+                   f"{decision.adapter_id[:12]} -> {decision.alias}"))  # fmt: skip
     create_markdown_artifact(
         f"# {banner} `{decision.adapter_id[:12]}` → `{decision.alias}`\n\n{decision.reason}\n\n"
         + gates_markdown(gates),
@@ -162,11 +189,14 @@ def report_evals(
 # log_prints stays off: dill (used by `datasets` to fingerprint map functions) disassembles
 # them to a captured stdout, and a print-to-log patch would flood the run log with bytecode.
 @flow(name="tunegate-pipeline", log_prints=False)
-def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
-    """Base model → curate (template gate) → synthetic review → snapshot → QLoRA → eval → gate."""
+def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> dict[str, object]:
+    """Base model → curate (template gate) → synthetic review → snapshot → QLoRA → eval → gate.
+
+    `run_id`: the id to record the run under (`tunegate run` names its log file after it).
+    """
     config = load_config(config_path)
     lineage = stages.open_lineage(config)
-    run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json())
+    run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json(), run_id)
     try:
         base = load_base_model(config, lineage)  # first: curation renders rows with its template
         curation = curate_data(config, lineage, run_id, base)

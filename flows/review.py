@@ -29,6 +29,7 @@ from tunegate.models import BaseModel
 from tunegate.quality.template import load_tokenizer, template_checks
 from tunegate.reports import markdown_table
 from tunegate.review.stage import Triage, close_review, review_synthetic
+from tunegate.runlog import say, stage_line
 
 
 class ReviewDone(RunInput):
@@ -47,6 +48,8 @@ def triage_synthetic(
     started = now()
     triage = review_synthetic(config, lineage, run_id, curation, base.path if base else None)
     lineage.record_stage(run_id, "synthetic", started, "completed", triage.counts)
+    if triage.scored:
+        say(stage_line("synthetic", ", ".join(f"{k} {v}" for k, v in triage.counts.items())))
     if triage.scored:
         create_markdown_artifact(
             markdown_table(["synthetic rows", "n"], list(triage.counts.items())),
@@ -126,6 +129,8 @@ def close_review_queue(
     result = close_review(config, lineage, run_id, triage, why=why, checks=checks)
     counts = lineage.review_counts(run_id)
     lineage.record_stage(run_id, "review", started, "completed", {**counts, "why": why})
+    if counts:
+        say(stage_line("review", ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({why})"))
     if counts:
         create_markdown_artifact(
             f"Review ended: {why}\n\n" + markdown_table(["queue", "rows"], list(counts.items())),

@@ -59,6 +59,18 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
     assert proc.returncode == 3, proc.stdout + proc.stderr  # 3: refused, not crashed
     assert "refused" in proc.stdout
 
+    # The terminal reads like a product: one line per stage, library noise in the run's log.
+    starts = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    for stage in ("base", "curate", "synthetic", "snapshot", "train", "eval", "gates"):
+        assert stage in starts, proc.stdout
+    assert starts.count("train") == 1  # steps overwrite one line on a terminal, none here
+    assert "rows/s" in proc.stdout and "tokens/s" in proc.stdout and "items/s" in proc.stdout
+    noise = ("Generating test split", "Running loglikelihood", "Loading weights", "Warning",
+             "Created task run")  # fmt: skip
+    assert not any(n in proc.stdout + proc.stderr for n in noise), proc.stdout + proc.stderr
+    (log,) = (tmp_path / "reports").glob("run-*/run.log")
+    assert "Running loglikelihood" in log.read_text()
+
     ((status, _detail),) = query(tmp_path, "SELECT status, detail FROM runs WHERE flow='pipeline'")
     assert status == "refused"
     gates = query(tmp_path, "SELECT gate, passed, reason FROM gate_results")
@@ -84,6 +96,18 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
     for expected in (str(REPO / "datasets/raw/tickets_human.jsonl"), "snapshot", "seed",
                      "heldout_gain"):  # fmt: skip  # whole paths, whatever the terminal width
         assert expected in trace.stdout
+
+
+def test_a_failed_run_says_why_and_where_the_log_is(tmp_path):
+    config = write_pipeline(tmp_path, str(tmp_path / "no-such-model"), train={}, eval_={})
+    proc = tunegate("run", str(config), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "failed" in proc.stderr and "no-such-model" in proc.stderr
+    (log,) = (tmp_path / "reports").glob("run-*/run.log")
+    assert str(log) in proc.stderr.replace("\n", "")
+    assert "Traceback" in log.read_text() and "Traceback" not in proc.stderr
+    ((status,),) = query(tmp_path, "SELECT status FROM runs WHERE flow='pipeline'")
+    assert status == "failed"
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunegate.config import ConfigError, PipelineConfig, check_runnable, load_config
@@ -70,12 +71,40 @@ def validate(config: ConfigArg) -> None:
 
 
 @app.command()
-def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
-    """Run the whole gated pipeline as a Prefect flow (temporary local server)."""
-    _config(config, runnable=True)  # fail fast, before Prefect starts
-    from flows.pipeline import pipeline
+def run(
+    config: ConfigArg = Path("pipeline.yaml"),
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show library output on the terminal too.")
+    ] = False,
+) -> None:
+    """Run the whole gated pipeline as a Prefect flow (temporary local server).
 
-    summary = pipeline(str(config))
+    The terminal shows one line per stage and the summary; progress bars, warnings and
+    Prefect's logs go to `reports/<run id>/run.log`.
+    """
+    cfg = _config(config, runnable=True)  # fail fast, before Prefect starts
+    from flows.pipeline import pipeline
+    from tunegate.lineage import new_id
+    from tunegate.runlog import quiet_run
+
+    run_id = new_id("run")
+    log_path = cfg.resolve("reports") / run_id / "run.log"
+    console.print(f"tunegate run [bold]{run_id}[/bold] (log: {log_path})", soft_wrap=True)
+    try:
+        if verbose:
+            summary = pipeline(str(config), run_id=run_id)
+        else:
+            with quiet_run(log_path):
+                summary = pipeline(str(config), run_id=run_id)
+    except Exception as exc:
+        import traceback
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as log:
+            traceback.print_exc(file=log)
+        err.print(f"[red]run {run_id} failed:[/red] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"traceback and library output: {log_path}", soft_wrap=True)
+        raise typer.Exit(1) from None
     rows = summary["rows"]
     held = summary["heldout"]
     table = Table(title=f"tunegate run {summary['run_id']}", title_justify="left")

@@ -27,6 +27,7 @@ from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, resolve_base_model
 from tunegate.promote import Decision, decide_promotion
 from tunegate.records import Record
+from tunegate.runlog import say, stage_line
 from tunegate.snapshot import Snapshot, write_snapshot
 from tunegate.train import TrainResult, train_adapter
 
@@ -69,6 +70,9 @@ def train_recorded(
     def on_log(entry: dict[str, float]) -> None:
         step = int(entry.get("step", 0))
         if "loss" in entry:
+            say(stage_line("train", f"step {step}/{config.train.max_steps} · loss "
+                           f"{entry['loss']:.3f} · {entry.get('tokens_per_s', 0):.0f} tokens/s"),
+                transient=True)  # fmt: skip
             lineage.record_train_log(
                 training_run_id, step, float(entry["loss"]),
                 float(entry.get("learning_rate", 0.0)), float(entry.get("tokens_per_s", 0.0)),
