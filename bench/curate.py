@@ -472,7 +472,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tunegate-bench")
     ap.add_argument("--json", type=Path, help="Also write the raw results here.")
     args = ap.parse_args()
-    print(f"{os.cpu_count()} CPUs; data under {args.work}", flush=True)
+    from tunegate.precision import cpu_kind
+
+    print(f"{os.cpu_count()} CPUs ({cpu_kind()}); data under {args.work}", flush=True)
     results = [bench(n, not args.skip_baselines, args.work) for n in args.sizes]
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

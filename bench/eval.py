@@ -4,6 +4,7 @@
     python bench/eval.py --limit 100         # the default pipeline.yaml's size
     python bench/eval.py --limit 40 --batch-sizes 8,16,32 --base-only   # batch-size sweep
     python bench/eval.py --adapter DIR       # a trained adapter instead of a random one
+    python bench/eval.py --compare-dtypes    # base model in fp32 and in bf16: agreement, speed
 
 For each subject (the base model, then base + adapter, merged as the pipeline merges it) it
 runs the held-out task (generation + reference log-likelihood, 80 items) and the general
@@ -12,6 +13,12 @@ and prints items/s and log-likelihood requests/s per task group, each task's sco
 stderr, the gates' verdicts and the wall time of the whole suite. Without `--adapter` the
 adapter is a LoRA with random A and B (`init_lora_weights=False`): it costs what a trained
 one costs, and it damages the model, so the general gate should refuse it.
+
+`--compare-dtypes` evaluates the base model's general suite once in fp32 and once in bf16
+(emulated where the CPU has no bf16 instructions: correct, only slow) and prints, per task, the
+share of items where both pick the same choice, the paired mean difference of the gated metric
+with its 95% interval (agreement within noise: the interval holds 0), and the speed-up. Every
+table names the CPU kind it was measured on.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from tunegate.config import load_config  # noqa: E402
 from tunegate.evaluate import EvalOutcome, evaluate, general_tasks, heldout_tasks  # noqa: E402
 from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
+from tunegate.precision import cpu_kind  # noqa: E402
 from tunegate.stages import general_gates, run_gates  # noqa: E402
 
 
@@ -57,6 +65,50 @@ def scores(outcomes: list[EvalOutcome]) -> dict[str, dict[str, list[float | None
     return {o.task: {m: [v, e] for m, (v, e) in o.metrics.items()} for o in outcomes}
 
 
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of b - a over the same items and the half-width of its 95% normal interval."""
+    import statistics
+
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return mean, 1.96 * sd / len(diffs) ** 0.5
+
+
+def compare_dtypes(base: BaseModel, config, limit: int) -> dict[str, object]:
+    """The base model's general suite in fp32 and in bf16, item by item."""
+    metric = config.gates.general.metric
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = config.model_copy(update={"eval": config.eval.model_copy(update={
+            "compute_dtype": dtype,
+            "general": config.eval.general.model_copy(update={"limit": limit})})})  # fmt: skip
+        outcomes, seconds = run_subject(base, None, general_tasks(cfg))
+        runs[dtype] = ({o.task: o for o in outcomes}, seconds)
+        print(f"   {dtype}: {seconds:.1f} s", flush=True)
+    (fp32, fp32_s), (bf16, bf16_s) = runs["float32"], runs["bfloat16"]
+    print(f"\nCPU: {cpu_kind()}\n")
+    print(f"| task ({metric}) | items | same choice | fp32 | bf16 | bf16 - fp32 (95% CI) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = []
+    for task, a in fp32.items():
+        b = {s.item_id: s for s in bf16[task].samples}
+        pairs = [(s, b[s.item_id]) for s in a.samples]
+        same = sum(x.prediction == y.prediction for x, y in pairs) / len(pairs)
+        mean, half = paired_difference([x.scores[metric] for x, _ in pairs],
+                                       [y.scores[metric] for _, y in pairs])  # fmt: skip
+        rows.append({"task": task, "n": len(pairs), "same_choice": same, "diff": mean,
+                     "ci": half})  # fmt: skip
+        print(f"| {task.removeprefix('tunegate_')} | {len(pairs)} | {same:.1%} | "
+              f"{a.metrics[metric][0]:.3f} | {bf16[task].metrics[metric][0]:.3f} | "
+              f"{mean:+.4f} ± {half:.4f} |")  # fmt: skip
+    items = sum(r["n"] for r in rows)
+    print(f"\nwall time (model load included): fp32 {fp32_s:.0f} s ({items / fp32_s:.2f} items/s), "
+          f"bf16 {bf16_s:.0f} s ({items / bf16_s:.2f} items/s): bf16 speed-up "
+          f"{fp32_s / bf16_s:.2f}x")  # fmt: skip
+    return {"cpu": cpu_kind(), "tasks": rows, "fp32_seconds": fp32_s, "bf16_seconds": bf16_s}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "pipeline.yaml"))
@@ -66,10 +118,19 @@ def main() -> int:
     parser.add_argument("--base-only", action="store_true")
     parser.add_argument("--no-heldout", action="store_true", help="general suite only")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--compare-dtypes", action="store_true", help="base model in fp32 and bf16, per item"
+    )
     args = parser.parse_args()
 
     config = load_config(args.config)
     base = resolve_base_model(config.model.base_model, config.workspace_dir)
+    print(f"CPU: {cpu_kind()}", flush=True)
+    if args.compare_dtypes:
+        results = compare_dtypes(base, config, args.limit)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [None]
     results: dict[str, object] = {"limit": args.limit, "runs": []}
     for batch_size in sizes:

@@ -16,11 +16,16 @@ runs alternate (tunegate, baseline, tunegate, ...) so load from other jobs hits 
 2. baseline: the blog recipe: `BitsAndBytesConfig` NF4 + double quantization,
    `LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])`,
    `SFTConfig` defaults otherwise (batch of 8 padded to its longest row, no packing, TRL's
-   default gradient checkpointing). Its compute dtype is fp32, not the blogs' bf16: bf16 is the
-   slower one on a CPU without bf16 instructions, and the baseline should not lose for that.
+   default gradient checkpointing). Both sides compute in the same dtype, tunegate's `auto`
+   choice on this machine (`tunegate/precision.py`): bf16 (compute dtype, model dtype,
+   `bf16=True`) on a CPU with native bf16, fp32 elsewhere, so neither loses for its dtype.
 
-Printed: trained (non-padding) tokens/s of the training loop, wall time of the whole process
-(imports, load, training, save), peak RSS; medians over the repeats, and the ratios.
+Printed: the CPU kind, trained (non-padding) tokens/s of the training loop, wall time of the
+whole process (imports, load, training, save), peak RSS; medians over the repeats, and the
+ratios. Model FLOPs utilisation (MFU) relates the trained tokens/s to this machine's measured
+matmul peak in that dtype (2048x576 @ 576x1536, SmolLM2's MLP shape, all cores): a token
+costs ~4 N FLOPs with N the base model's parameters (forward 2 N; backward 2 N for the input
+gradients only, the quantized base being frozen; the LoRA weights' share is negligible).
 To bench another tunegate setting, pass JSON overrides in BENCH_TRAIN_OVERRIDES and
 BENCH_LORA_OVERRIDES, e.g. `BENCH_LORA_OVERRIDES='{"dropout": 0.05}'`.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -46,8 +52,45 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 BASELINE_ROWS_PER_STEP = 8
 
 
+from tunegate.precision import cpu_kind  # noqa: E402
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_dtype() -> str:
+    """The dtype both sides train in: tunegate's `auto` choice on this machine."""
+    from tunegate.precision import dtype_name, resolve_dtype
+
+    return dtype_name(resolve_dtype("auto", "cpu"))
+
+
+def matmul_peak_gflops(dtype: str, repeats: int = 20) -> float:
+    """Measured matmul throughput in `dtype`: the best of `repeats` (the peak, not the mean)."""
+    import torch
+
+    a = torch.randn(2048, 576, dtype=getattr(torch, dtype))
+    b = torch.randn(576, 1536, dtype=getattr(torch, dtype))
+    a @ b  # warm-up: oneDNN picks and caches its kernel
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048 * 576 * 1536 / best / 1e9
+
+
+def model_params(model: Path) -> int:
+    """Parameters of the base model (read from its safetensors headers, no weights loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in model.glob("*.safetensors"):
+        with safe_open(file, "np") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                total += math.prod(f.get_slice(name).get_shape())
+    return total
 
 
 # -- 1. data: the curated sample as a snapshot ------------------------------------------------
@@ -103,14 +146,15 @@ def run_baseline(snapshot: str, model: str, steps: int, out: str) -> dict[str, f
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     dataset = build_dataset(tokenizer, read_snapshot(Path(snapshot)), max_length=512)
+    dtype = getattr(torch, bench_dtype())
     bnb = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
+        bnb_4bit_compute_dtype=dtype,
     )
     base = AutoModelForCausalLM.from_pretrained(
-        model, quantization_config=bnb, dtype=torch.float32, device_map="cpu"
+        model, quantization_config=bnb, dtype=dtype, device_map="cpu"
     )
     lora = LoraConfig(
         r=16,
@@ -126,7 +170,7 @@ def run_baseline(snapshot: str, model: str, steps: int, out: str) -> dict[str, f
         logging_steps=1,
         per_device_train_batch_size=BASELINE_ROWS_PER_STEP,
         max_length=512,
-        bf16=False,
+        bf16=dtype == torch.bfloat16,
         use_cpu=True,
         save_strategy="no",
         report_to="none",
@@ -175,11 +219,16 @@ def measure(kind: str, snapshot: Path, model: Path, steps: int) -> dict[str, flo
 # -- 3. the table --------------------------------------------------------------------------------
 
 
-def table(runs: dict[str, list[dict[str, float]]], steps: int) -> str:
+def table(
+    runs: dict[str, list[dict[str, float]]], steps: int, dtype: str, peak: float, params: int
+) -> str:
     med = {k: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for k, rs in runs.items()}
     t, b = med["tunegate"], med["baseline"]
     n = len(runs["tunegate"])
+    mfu = {k: 4 * params * r["tokens_per_s"] / 1e9 / peak for k, r in med.items()}
     lines = [
+        f"CPU: {cpu_kind()}; both sides {dtype}; measured {dtype} matmul peak {peak:,.0f} GFLOP/s",
+        "",
         f"| {steps} steps x {int(t['rows_per_step'])} rows, median of {n} | tunegate | "
         "plain TRL | tunegate / TRL |",
         "|---|---:|---:|---:|",
@@ -193,6 +242,8 @@ def table(runs: dict[str, list[dict[str, float]]], steps: int) -> str:
         f"{t['wall_s'] / b['wall_s']:.2f} |",
         f"| peak RSS (MB) | {t['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | "
         f"**{t['peak_rss_mb'] / b['peak_rss_mb']:.2f}x** |",
+        f"| MFU (4 N FLOPs per token / {dtype} matmul peak) | {mfu['tunegate']:.1%} | "
+        f"{mfu['baseline']:.1%} | {mfu['tunegate'] / mfu['baseline']:.2f} |",
     ]
     return "\n".join(lines)
 
@@ -209,20 +260,23 @@ def main() -> None:
         kind, snapshot, model, steps = args.child
         child(kind, snapshot, model, int(steps))
         return
+    dtype = bench_dtype()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
         snapshot, model = make_snapshot(Path(work))
         rows = sum(1 for _ in snapshot.open())
+        params = model_params(model)
         print(
             f"{rows} curated rows, {args.steps} steps, {args.repeats} repeat(s), "
-            f"{os.cpu_count()} CPUs",
+            f"{os.cpu_count()} CPUs, {dtype}; CPU: {cpu_kind()}",
             flush=True,
         )
         runs: dict[str, list[dict[str, float]]] = {"tunegate": [], "baseline": []}
         for _ in range(args.repeats):
             for kind in runs:
                 runs[kind].append(measure(kind, snapshot, model, args.steps))
+    peak = matmul_peak_gflops(dtype)
     print()
-    print(table(runs, args.steps))
+    print(table(runs, args.steps, dtype, peak, params))
 
 
 if __name__ == "__main__":
