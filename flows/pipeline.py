@@ -160,8 +160,7 @@ def gate_adapter(
                                               adapter_evals)  # fmt: skip
     _stage(lineage, run_id, "gate", started, promoted=decision.promoted, reason=decision.reason)
     banner = "PROMOTED" if decision.promoted else "REFUSED"
-    passed = sum(g.passed for g in gates)
-    say(stage_line("gates", f"{passed}/{len(gates)} passed: {banner.lower()} "
+    say(stage_line("gates", f"{stages.gate_summary(gates, decision.promoted)}: {banner.lower()} "
                    f"{decision.adapter_id[:12]} -> {decision.alias}"))  # fmt: skip
     create_markdown_artifact(
         f"# {banner} `{decision.adapter_id[:12]}` → `{decision.alias}`\n\n{decision.reason}\n\n"
@@ -227,7 +226,7 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
     })  # fmt: skip
     lineage.end_run(run_id, "promoted" if decision.promoted else "refused", decision.reason)
     summary = stages.summarize(run_id, curation, config, base_evals, adapter_evals, decision,
-                               Path(report), eval_report)  # fmt: skip
+                               Path(report), eval_report, gates)  # fmt: skip
     return asdict(summary)
 
 

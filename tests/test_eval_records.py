@@ -1,4 +1,5 @@
-"""Eval lineage: per-sample rows, the base-model cache, and the v3 -> v4 schema migration."""
+"""Eval lineage: per-sample rows, the base-model cache, and the v3 -> v4 -> v5 schema
+migrations."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
     )
     con.close()
     lin = Lineage(db)
-    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "4"
+    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "5"
     lin.record_promotion("a1", "production", "promoted", "ok", "ci", "r1", "digest")
     history = lin.alias_history("production")
     assert [(h["adapter_id"], h["files_sha256"]) for h in history] == [
@@ -41,6 +42,42 @@ def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
         ("i1", {"acc": 1.0}, "prompt", "acc"),
         ("i2", {}, None, "acc"),
     ]
+
+
+def test_a_version_4_lineage_file_gains_gate_outcomes_and_choice_logliks(tmp_path):
+    """Gate rows of version 4 read as pass / fail from `passed`; new rows keep `passed` true
+    only for pass, so a reader that knows only `passed` never takes inconclusive for pass."""
+    db = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+    con.execute("CREATE TABLE gate_results (run_id VARCHAR, adapter_id VARCHAR, gate VARCHAR, "
+                "passed BOOLEAN, value DOUBLE, threshold DOUBLE, reason VARCHAR, "
+                "created_at TIMESTAMP, files_sha256 VARCHAR)")  # fmt: skip
+    con.execute("INSERT INTO gate_results VALUES ('r0', 'a0', 'heldout_gain', true, 0.5, 0.2, "
+                "'ok', now(), 'd'), ('r0', 'a0', 'general_piqa', false, -0.1, -0.02, 'no', "
+                "now(), 'd')")  # fmt: skip
+    con.execute(
+        "CREATE TABLE eval_samples (run_id VARCHAR, subject VARCHAR, adapter_id VARCHAR, "
+        "task VARCHAR, item_id VARCHAR, prediction VARCHAR, target VARCHAR, score DOUBLE, "
+        "metric VARCHAR, prompt VARCHAR, scores_json VARCHAR)"
+    )
+    con.close()
+    lin = Lineage(db)
+    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION)
+    assert {g["gate"]: g["outcome"] for g in lin.latest_gates("a0")} == {
+        "heldout_gain": "pass", "general_piqa": "fail"}  # fmt: skip
+    lin.record_gate("r1", "a1", "general_piqa", False, 0.01, -0.02, "straddles", "d",
+                    outcome="inconclusive", low=-0.05, high=0.01, n_items=50)  # fmt: skip
+    (row,) = lin.query("SELECT passed, outcome, low, high, n_items FROM gate_results "
+                       "WHERE run_id = 'r1'")  # fmt: skip
+    assert row == {"passed": False, "outcome": "inconclusive", "low": -0.05, "high": 0.01,
+                   "n_items": 50}  # fmt: skip
+    lin.record_eval("r1", "base", None, "piqa", {"p_gold": (0.6, 0.1)}, 1,
+                    [("i1", "x", "y", 0.6, {"p_gold": 0.6}, "prompt", (-3.2, -3.6))],
+                    metric="p_gold")  # fmt: skip
+    (sample,) = lin.eval_samples("r1", "base", "piqa")
+    assert sample["choice_logliks"] == [-3.2, -3.6]
 
 
 def test_cached_eval_returns_the_latest_base_scores_for_a_key():

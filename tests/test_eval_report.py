@@ -32,8 +32,9 @@ def evals() -> tuple[list[EvalOutcome], list[EvalOutcome]]:
     return base, adapter
 
 
-GATES = [GateResult("heldout_gain", True, 0.58, 0.2, "gain +0.583 passes"),
-         GateResult("general_piqa", False, -0.1, -0.02, "piqa dropped")]  # fmt: skip
+GATES = [GateResult("heldout_gain", "pass", 0.58, 0.2, "gain +0.583 passes"),
+         GateResult("general_piqa", "fail", -0.1, -0.02, "piqa dropped"),
+         GateResult("general_arc_easy", "inconclusive", 0.01, -0.02, "arc straddles")]  # fmt: skip
 REFUSED = Decision("abc123" * 10, "production", False, "refused: gate general_piqa failed",
                    "refused")  # fmt: skip
 
@@ -53,6 +54,8 @@ def test_report_shows_banner_gates_and_wins_and_losses(evals, tmp_path):
     html = path.read_text()
     assert "<b>REFUSED</b>" in html and "refused: gate general_piqa failed" in html
     assert html.count("<td class=bad>FAIL</td>") == 1 and "piqa dropped" in html
+    assert html.count("<td class=warn>inconclusive</td>") == 1 and "arc straddles" in html
+    assert html.count("<td class=ok>pass</td>") == 1
     assert "3 items better with the adapter, 0 worse, 1 unchanged" in html  # held-out
     assert "1 items better with the adapter, 2 worse, 1 unchanged" in html  # piqa
     assert "adapter answer 1 &lt;b&gt;" in html  # answers are escaped, never markup

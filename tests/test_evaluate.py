@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -229,16 +230,25 @@ def test_general_suite_scores_every_item_of_the_shipped_files(tiny_model_dir, tm
     names = ["tunegate_piqa", "tunegate_arc_easy", "tunegate_hellaswag"]
     assert [o.task for o in outcomes] == names
     for o in outcomes:
-        assert o.n == 6 and o.primary == "acc_norm"
-        assert set(o.metrics) == {"acc", "acc_norm"}
+        assert o.n == 6 and o.primary == "p_gold"  # the general gate's default score
+        assert set(o.metrics) == {"p_gold", "acc", "acc_norm"}
         assert all(stderr is not None for _, stderr in o.metrics.values())
         first = o.samples[0]
         assert first.item_id.startswith(o.task.removeprefix("tunegate_") + "-")
-        assert set(first.scores) == {"acc", "acc_norm"} and first.score == first.scores["acc_norm"]
-        assert sum(s.score for s in o.samples) / o.n == pytest.approx(o.metrics["acc_norm"][0])
+        assert set(first.scores) == {"p_gold", "acc", "acc_norm"}
+        assert first.score == first.scores["p_gold"]
+        assert sum(s.score for s in o.samples) / o.n == pytest.approx(o.metrics["p_gold"][0])
+        for s in o.samples:  # p_gold: softmax of the choices' log-likelihoods at the gold one
+            lls = s.choice_logliks
+            assert len(lls) == (2 if o.task == "tunegate_piqa" else 4)
+            gold = s.scores["p_gold"]
+            assert 0.0 <= gold <= 1.0
+            best = max(range(len(lls)), key=lls.__getitem__)
+            assert s.scores["acc"] == (1.0 if gold == pytest.approx(
+                math.exp(lls[best]) / sum(math.exp(x) for x in lls)) else 0.0)  # fmt: skip
     piqa = outcomes[0].samples[0]  # zero-shot, lm-eval's PIQA prompt, the choice after a space
     assert piqa.prompt.startswith("Question: ") and piqa.prompt.endswith("\nAnswer:")
-    assert (piqa.score == 1.0) == (piqa.prediction == piqa.target)
+    assert (piqa.scores["acc_norm"] == 1.0) == (piqa.prediction == piqa.target)
 
 
 def test_cache_key_changes_with_what_the_scores_depend_on(tiny_model_dir, tmp_path):

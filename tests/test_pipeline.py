@@ -79,6 +79,8 @@ def test_zero_learning_rate_is_refused_with_the_reason_recorded(tmp_path, tiny_b
     verdicts = {gate: passed for gate, passed, _ in gates}  # a no-op adapter forgets nothing
     assert verdicts == {"heldout_gain": False, "general_piqa": True, "general_arc_easy": True,
                         "general_hellaswag": True}  # fmt: skip
+    outcomes = dict(query(tmp_path, "SELECT gate, outcome FROM gate_results"))
+    assert outcomes["heldout_gain"] == "fail"  # shown: gain 0 on every item, not just unproven
     assert list((tmp_path / "reports").glob("run-*/eval.html"))
     assert query(tmp_path, "SELECT count(*) FROM aliases")[0][0] == 0  # nothing promoted
     (inputs, verdicts) = query(
@@ -128,6 +130,11 @@ def test_default_sample_trains_an_adapter_that_is_promoted_and_traced(tmp_path):
         )
     )
     assert scores["adapter"] >= scores["base"] + 0.2
+    # Non-inferiority shown, not merely no harm found: every gate's outcome is pass.
+    outcomes = dict(query(tmp_path, "SELECT gate, outcome FROM gate_results"))
+    assert outcomes == {"heldout_gain": "pass", "general_piqa": "pass",
+                        "general_arc_easy": "pass", "general_hellaswag": "pass"}, (
+        query(tmp_path, "SELECT reason FROM gate_results"))  # fmt: skip
 
     trace = tunegate("lineage", adapter_id, "--workspace", str(tmp_path / "ws"), cwd=tmp_path)
     assert trace.returncode == 0, trace.stderr

@@ -15,8 +15,9 @@ from tunegate.models import sha256_dir
 from tunegate.promote import decide_promotion
 from tunegate.registry import RegistryError, promote, release_check, rollback
 
-PASS = GateResult("heldout_gain", True, 0.5, 0.2, "gain +0.500 passes")
-FAIL = GateResult("general_piqa", False, -0.2, -0.02, "piqa dropped 20 points")
+PASS = GateResult("heldout_gain", "pass", 0.5, 0.2, "gain +0.500 passes")
+FAIL = GateResult("general_piqa", "fail", -0.2, -0.02, "piqa dropped 20 points")
+UNSURE = GateResult("general_arc_easy", "inconclusive", 0.01, -0.02, "arc_easy straddles")
 
 
 @pytest.fixture
@@ -61,6 +62,30 @@ def test_promotion_needs_every_gate_passed(lineage, tmp_path):
     history = lineage.alias_history("production")
     assert [h["decision"] for h in history] == ["refused", "promoted"]
     assert history[1]["files_sha256"] and history[1]["previous_adapter_id"] is None
+
+
+def test_inconclusive_is_refused_unless_the_alias_policy_accepts_it(lineage, workspace, tmp_path):
+    adapter_id, _ = gated(lineage, tmp_path, "unsure", PASS, UNSURE)
+    recorded = lineage.query("SELECT gate, passed, outcome FROM gate_results ORDER BY gate")
+    assert [(r["gate"], r["passed"], r["outcome"]) for r in recorded] == [
+        ("general_arc_easy", False, "inconclusive"), ("heldout_gain", True, "pass")]  # fmt: skip
+    refused = promote(lineage, adapter_id, "production")
+    assert not refused.promoted and "gate general_arc_easy inconclusive" in refused.reason
+
+    taken = promote(lineage, adapter_id, "staging", accept_inconclusive=True)
+    assert taken.promoted
+    assert "general_arc_easy inconclusive and accepted by staging" in taken.reason
+    (move,) = lineage.alias_history("staging")
+    assert move["accepted_inconclusive"] == "general_arc_easy"
+    w = ["--workspace", str(workspace)]
+    code, out, _ = run_cli("gate", "check", "--alias", "staging", *w)
+    assert code == 0 and "general_arc_easy inconclusive, accepted by staging's policy" in out
+    code, _, err = run_cli("gate", "check", adapter_id, *w)  # no alias: no policy, pass only
+    assert code == 1 and "gate general_arc_easy inconclusive" in err
+
+    failed, _ = gated(lineage, tmp_path, "failed", PASS, UNSURE, FAIL)  # never a fail
+    decision = promote(lineage, failed, "staging", accept_inconclusive=True)
+    assert not decision.promoted and "gate general_piqa failed" in decision.reason
 
 
 def test_never_gated_adapter_is_refused(lineage, tmp_path):

@@ -408,14 +408,17 @@ class EvalConfig(Section):
 class GeneralGateConfig(Section):
     """No forgetting: per task, the adapter may not fall clearly below the base model."""
 
-    metric: Literal["acc", "acc_norm"] = Field(
-        "acc_norm", description="Per-item metric compared (acc_norm: length-normalised choice)."
+    metric: Literal["p_gold", "acc", "acc_norm"] = Field(
+        "p_gold",
+        description="Per-item metric compared. p_gold: probability of the gold choice, "
+        "normalised over the choices (continuous: a small change moves it, so few items "
+        "decide); acc / acc_norm: 0/1 per item (length-normalised for acc_norm).",
     )
     max_drop: float = Field(
         0.02, ge=0.0, le=1.0,
-        description="Largest tolerated drop below the base model (0.02 = 2 points). The gate "
-        "refuses only a drop beyond this that noise cannot explain: the paired-bootstrap upper "
-        "confidence bound of adapter minus base is below -max_drop.",
+        description="Non-inferiority margin: the largest tolerated drop below the base model "
+        "(0.02 = 2 points). pass: the paired-bootstrap lower confidence bound of adapter minus "
+        "base is above -max_drop; fail: the upper bound is below it; else inconclusive.",
     )  # fmt: skip
     max_drop_per_task: dict[GeneralTask, float] = Field(
         default_factory=dict, description="Per-task overrides of `max_drop`, e.g. {piqa: 0.05}."
@@ -435,13 +438,28 @@ class GeneralGateConfig(Section):
 class GateConfig(Section):
     metric: str = Field("field_accuracy", description="Held-out metric the gain gate reads.")
     min_heldout_gain: float = Field(
-        0.2, description="Adapter minus base on the held-out metric must reach this."
+        0.2,
+        description="Adapter minus base on the held-out metric must reach this: pass when the "
+        "paired lower confidence bound of the per-item gain does, fail when even the upper "
+        "bound is below it, else inconclusive.",
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="One-sided confidence of the held-out gain bounds."
+    )
+    bootstrap_iters: int = Field(
+        2000, ge=100, description="Paired bootstrap resamples of the held-out items (seeded)."
     )
     general: GeneralGateConfig = GeneralGateConfig()
 
 
 class PromoteConfig(Section):
     alias: str = Field("production", description="Registry alias a passing adapter gets.")
+    accept_inconclusive: list[str] = Field(
+        default_factory=list,
+        description="Aliases that take an adapter whose gates are pass or inconclusive (never "
+        "fail), e.g. [staging]; every other alias needs pass on every gate. The accepted "
+        "inconclusive gates are recorded with the promotion.",
+    )
 
 
 class PipelineConfig(Section):

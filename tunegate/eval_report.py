@@ -23,7 +23,8 @@ from tunegate.gates import GateResult
 from tunegate.registry import Decision
 from tunegate.stats import Interval, mean_interval, paired_difference
 
-SHARES = ("field_accuracy", "json_valid", "exact_match", "acc", "acc_norm")  # 0..1: one chart axis
+# 0..1: one chart axis
+SHARES = ("field_accuracy", "json_valid", "exact_match", "acc", "acc_norm", "p_gold")
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;
@@ -34,6 +35,7 @@ table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #dde;padding:4px 8px;vertical-align:top;text-align:left}
 th{background:#f3f5f9}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#17803d;font-weight:600}.bad{color:#b42318;font-weight:600}.muted{color:#667}
+.warn{color:#9a6700;font-weight:600}
 .banner{padding:10px 14px;border-radius:6px;font-size:16px;margin:10px 0}
 .banner.ok{background:#e7f6ec;border:1px solid #17803d}
 .banner.bad{background:#fdecea;border:1px solid #b42318}
@@ -42,6 +44,9 @@ th{background:#f3f5f9}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{white-space:pre-wrap;word-break:break-word;background:#f6f7f9;padding:6px;margin:4px 0;
   max-height:180px;overflow:auto}img{max-width:100%}
 """
+
+
+_OUTCOME_CLASS = {"pass": "ok", "fail": "bad", "inconclusive": "warn"}
 
 
 @dataclass(frozen=True)
@@ -185,11 +190,15 @@ def write_eval_report(
         f"<div class='banner {'ok' if ok else 'bad'}'><b>{word}</b> adapter "
         f"<code>{_e(adapter_id[:16])}</code> → <code>{_e(decision.alias)}</code><br>"
         f"<span class=muted>{_e(decision.reason)}</span></div>",
-        "<h2>Gates</h2><table><tr><th>gate</th><th>verdict</th><th>value</th><th>threshold</th>"
-        "<th>reason</th></tr>",
-        *(f"<tr><td>{_e(g.gate)}</td><td class={'ok' if g.passed else 'bad'}>"
-          f"{'pass' if g.passed else 'FAIL'}</td><td class=n>{g.value:+.3f}</td>"
-          f"<td class=n>{g.threshold:+.3f}</td><td>{_e(g.reason)}</td></tr>" for g in gates),
+        "<h2>Gates</h2><p class=muted>pass: the whole one-sided confidence interval clears the "
+        "threshold; FAIL: it lies wholly beyond it; inconclusive: it straddles it (too few "
+        "items to tell). Only pass releases, unless the alias's policy accepts inconclusive."
+        "</p><table><tr><th>gate</th><th>outcome</th><th>value</th><th>threshold</th>"
+        "<th>items</th><th>reason</th></tr>",
+        *(f"<tr><td>{_e(g.gate)}</td><td class={_OUTCOME_CLASS[g.outcome]}>"
+          f"{'FAIL' if g.outcome == 'fail' else g.outcome}</td><td class=n>{g.value:+.3f}</td>"
+          f"<td class=n>{g.threshold:+.3f}</td><td class=n>{g.n}</td><td>{_e(g.reason)}</td>"
+          "</tr>" for g in gates),
         "</table>",
         f"<h2>Base vs adapter</h2><p class=muted>Means with {confidence:.0%} intervals "
         "(normal approximation); the change is adapter − base over the same items with a "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import tempfile
 import time
@@ -45,7 +46,9 @@ TASK_YAML = TASKS_DIR / "heldout" / "heldout.yaml"
 LOGLIK_YAML = TASKS_DIR / "heldout" / "heldout_loglik.yaml"
 METRICS = ("field_accuracy", "json_valid", "exact_match")
 GENERAL_TASKS = ("piqa", "arc_easy", "hellaswag")
-GENERAL_METRICS = ("acc", "acc_norm")
+GENERAL_METRICS = ("p_gold", "acc", "acc_norm")
+# Computed by tunegate from each item's choice log-likelihoods, not by lm-eval.
+DERIVED_METRICS = ("p_gold",)
 
 
 class EvalError(RuntimeError):
@@ -74,7 +77,7 @@ class EvalTask:
         """What, besides the model and the files, decides this task's scores."""
         return {"task": self.name, "chat": self.chat, "limit": self.limit,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
-                "dtype": self.dtype}  # fmt: skip
+                "dtype": self.dtype, "metrics": sorted(self.metrics)}  # fmt: skip
 
 
 class Sample(NamedTuple):
@@ -86,6 +89,7 @@ class Sample(NamedTuple):
     score: float  # the task's primary metric
     scores: dict[str, float]  # every metric of the item
     prompt: str
+    choice_logliks: tuple[float, ...] = ()  # multiple choice: log-likelihood of each choice
 
 
 @dataclass(frozen=True)
@@ -248,15 +252,18 @@ def write_task_overlay(include_dir: Path, task: EvalTask) -> Path:
 def to_outcome(results: dict, task: EvalTask, *, subject: str, seconds: float) -> EvalOutcome:
     """One task of lm-eval's results dict (with logged samples) as an EvalOutcome."""
     scores = results["results"][task.name]
+    samples = [to_sample(s, task) for s in sorted(results["samples"][task.name],
+                                                  key=lambda s: s["doc_id"])]  # fmt: skip
     metrics = {}
     for name in task.metrics:
+        if name in DERIVED_METRICS:  # mean and its standard error over the items
+            metrics[name] = mean_stderr([s.scores[name] for s in samples])
+            continue
         stderr = scores.get(f"{name}_stderr,none")
         metrics[name] = (
             float(scores[f"{name},none"]),
             None if stderr is None or stderr == "N/A" else float(stderr),
         )
-    samples = [to_sample(s, task) for s in sorted(results["samples"][task.name],
-                                                  key=lambda s: s["doc_id"])]  # fmt: skip
     return EvalOutcome(subject, task.name, metrics, len(samples), samples, seconds, task.primary,
                        task.dtype)  # fmt: skip
 
@@ -266,10 +273,14 @@ def to_sample(logged: dict, task: EvalTask) -> Sample:
     multiple choice, by the primary metric's rule) against the reference."""
     doc = logged["doc"]
     item_id = str(doc.get("id", logged["doc_id"]))
-    scores = {m: float(logged[m]) for m in task.metrics}
+    scores = {m: float(logged[m]) for m in task.metrics if m not in DERIVED_METRICS}
     prompt = logged["arguments"][0][0]
+    choice_logliks: tuple[float, ...] = ()
     if "choices" in doc:  # multiple choice: one (log-likelihood, is_greedy) per choice
-        lls = [ll for ll, _ in logged["filtered_resps"]]
+        lls = [float(ll) for ll, _ in logged["filtered_resps"]]
+        choice_logliks = tuple(lls)
+        if "p_gold" in task.metrics:
+            scores["p_gold"] = p_gold(lls, int(doc["gold"]))
         if task.primary == "acc_norm":  # lm-eval's rule: log-likelihood per character
             lls = [ll / len(c) for ll, c in zip(lls, doc["choices"], strict=True)]
         picked = max(range(len(lls)), key=lls.__getitem__)
@@ -278,7 +289,31 @@ def to_sample(logged: dict, task: EvalTask) -> Sample:
         prediction, target = logged["filtered_resps"][0], str(logged["target"])
     else:  # log-likelihood of the reference: the score is the answer
         prediction, target = f"{scores[task.primary]:.3f}", str(logged["target"])
-    return Sample(item_id, prediction, target, scores[task.primary], scores, prompt)
+    return Sample(item_id, prediction, target, scores[task.primary], scores, prompt, choice_logliks)
+
+
+def p_gold(logliks: Sequence[float], gold: int) -> float:
+    """Probability of the gold choice, normalised over the choices: softmax of the choices'
+    log-likelihoods at the gold one.
+
+    Unlike acc (0 or 1), it moves with every change in the model's preference, so a paired
+    difference over n items is far less noisy: the general gate decides with fewer items.
+    """
+    top = max(logliks)
+    weights = [math.exp(ll - top) for ll in logliks]
+    return weights[gold] / sum(weights)
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (as lm-eval reports its own metrics)."""
+    n = len(values)
+    if n == 0:
+        raise EvalError("no items scored")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
 
 
 def report_speed(subject: str, outcomes: list[EvalOutcome], results: dict, seconds: float) -> None:

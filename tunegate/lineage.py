@@ -22,8 +22,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-SCHEMA_VERSION = 4  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
+SCHEMA_VERSION = 5  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
 # 4: eval cache keys and per-sample prompts/scores, adapter file digests on gates and promotions
+# 5: three-valued gates (outcome, bounds, items used), per-choice log-likelihoods per item
 
 REASON_CODES: dict[str, str] = {
     "schema": "row does not parse or breaks the record contract (file, line, field in detail)",
@@ -84,14 +85,15 @@ CREATE TABLE IF NOT EXISTS eval_results (
 CREATE TABLE IF NOT EXISTS eval_samples (
   run_id VARCHAR, subject VARCHAR, adapter_id VARCHAR, task VARCHAR, item_id VARCHAR,
   prediction VARCHAR, target VARCHAR, score DOUBLE,
-  metric VARCHAR, prompt VARCHAR, scores_json VARCHAR);
+  metric VARCHAR, prompt VARCHAR, scores_json VARCHAR, choice_logliks_json VARCHAR);
 CREATE TABLE IF NOT EXISTS gate_results (
   run_id VARCHAR, adapter_id VARCHAR, gate VARCHAR, passed BOOLEAN, value DOUBLE,
-  threshold DOUBLE, reason VARCHAR, created_at TIMESTAMP, files_sha256 VARCHAR);
+  threshold DOUBLE, reason VARCHAR, created_at TIMESTAMP, files_sha256 VARCHAR,
+  outcome VARCHAR, low DOUBLE, high DOUBLE, n_items BIGINT);
 CREATE TABLE IF NOT EXISTS promotions (
   promotion_id VARCHAR PRIMARY KEY, adapter_id VARCHAR, alias VARCHAR, decision VARCHAR,
   reason VARCHAR, actor VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
-  previous_adapter_id VARCHAR, files_sha256 VARCHAR);
+  previous_adapter_id VARCHAR, files_sha256 VARCHAR, accepted_inconclusive VARCHAR);
 CREATE TABLE IF NOT EXISTS aliases (
   alias VARCHAR PRIMARY KEY, adapter_id VARCHAR, updated_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS synthetic_scores (
@@ -123,6 +125,17 @@ _MIGRATIONS[3] = (
     "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS files_sha256 VARCHAR; "
     "ALTER TABLE promotions ADD COLUMN IF NOT EXISTS previous_adapter_id VARCHAR; "
     "ALTER TABLE promotions ADD COLUMN IF NOT EXISTS files_sha256 VARCHAR;"
+)
+# 5: gate_results.passed stays "outcome is pass" for readers that only know pass/fail.
+_MIGRATIONS[4] = (
+    "ALTER TABLE eval_samples ADD COLUMN IF NOT EXISTS choice_logliks_json VARCHAR; "
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS outcome VARCHAR; "
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS low DOUBLE; "
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS high DOUBLE; "
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS n_items BIGINT; "
+    "ALTER TABLE promotions ADD COLUMN IF NOT EXISTS accepted_inconclusive VARCHAR; "
+    "UPDATE gate_results SET outcome = CASE WHEN passed THEN 'pass' ELSE 'fail' END "
+    "WHERE outcome IS NULL;"
 )
 # Promotion decisions that move an alias (a `refused` one only records the attempt).
 ALIAS_MOVES = ("promoted", "forced", "rollback")
@@ -503,10 +516,13 @@ class Lineage:
                 for item_id, prediction, target, score, *rest in samples:
                     scores = json.dumps(rest[0]) if rest else None
                     prompt = rest[1] if len(rest) > 1 else None
+                    lls = json.dumps(list(rest[2])) if len(rest) > 2 and rest[2] else None
                     rows.append((run_id, subject, adapter_id, task, str(item_id), str(prediction),
-                                 str(target), float(score), metric, prompt, scores))  # fmt: skip
+                                 str(target), float(score), metric, prompt, scores,
+                                 lls))  # fmt: skip
                 cols = ["run_id", "subject", "adapter_id", "task", "item_id", "prediction",
-                        "target", "score", "metric", "prompt", "scores_json"]  # fmt: skip
+                        "target", "score", "metric", "prompt", "scores_json",
+                        "choice_logliks_json"]  # fmt: skip
                 con.register("new_samples", _arrow(cols, rows))
                 con.execute(f"INSERT INTO eval_samples ({', '.join(cols)}) "
                             f"SELECT {', '.join(cols)} FROM new_samples")  # fmt: skip
@@ -520,14 +536,17 @@ class Lineage:
         )  # fmt: skip
 
     def eval_samples(self, run_id: str, subject: str, task: str) -> list[dict[str, Any]]:
-        """One subject's per-sample rows on a task in a run, `scores` parsed, by item id."""
+        """One subject's per-sample rows on a task in a run, `scores` and `choice_logliks`
+        (multiple choice: each choice's log-likelihood) parsed, by item id."""
         rows = self.query(
-            "SELECT item_id, prediction, target, score, metric, prompt, scores_json "
-            "FROM eval_samples WHERE run_id = ? AND subject = ? AND task = ? ORDER BY item_id",
+            "SELECT item_id, prediction, target, score, metric, prompt, scores_json, "
+            "choice_logliks_json FROM eval_samples "
+            "WHERE run_id = ? AND subject = ? AND task = ? ORDER BY item_id",
             [run_id, subject, task],
         )
         for r in rows:
             r["scores"] = json.loads(r.pop("scores_json") or "{}")
+            r["choice_logliks"] = json.loads(r.pop("choice_logliks_json") or "[]")
         return rows
 
     def cached_eval(self, cache_key: str) -> dict[str, Any] | None:
@@ -560,19 +579,33 @@ class Lineage:
         threshold: float,
         reason: str,
         files_sha256: str | None = None,
+        *,
+        outcome: str | None = None,
+        low: float | None = None,
+        high: float | None = None,
+        n_items: int | None = None,
     ) -> None:
-        """One gate's verdict; `files_sha256` is the digest of the adapter files it judged."""
+        """One gate's verdict; `files_sha256` is the digest of the adapter files it judged.
+
+        `outcome` is pass, fail or inconclusive (default: from `passed`); `passed` is stored as
+        "outcome is pass", so a reader that knows only pass/fail never takes inconclusive for
+        pass. `low`/`high` are the confidence bounds, `n_items` the items the decision used.
+        """
+        outcome = outcome or ("pass" if passed else "fail")
         with self._tx() as con:
             con.execute(
                 "INSERT INTO gate_results (run_id, adapter_id, gate, passed, value, threshold, "
-                "reason, created_at, files_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, adapter_id, gate, passed, value, threshold, reason, now(), files_sha256],
-            )
+                "reason, created_at, files_sha256, outcome, low, high, n_items) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, adapter_id, gate, outcome == "pass", value, threshold, reason, now(),
+                 files_sha256, outcome, low, high, n_items],
+            )  # fmt: skip
 
     def latest_gates(self, adapter_id: str) -> list[dict[str, Any]]:
         """The gate verdicts of the latest run that gated this adapter (empty: never gated)."""
         return self.query(
-            "SELECT run_id, gate, passed, value, threshold, reason, files_sha256, created_at "
+            "SELECT run_id, gate, passed, coalesce(outcome, CASE WHEN passed THEN 'pass' "
+            "ELSE 'fail' END) AS outcome, value, threshold, reason, files_sha256, created_at "
             "FROM gate_results WHERE adapter_id = ? AND run_id = ("
             "  SELECT run_id FROM gate_results WHERE adapter_id = ? "
             "  ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
@@ -587,18 +620,21 @@ class Lineage:
         actor: str,
         run_id: str | None,
         files_sha256: str | None = None,
+        accepted_inconclusive: Sequence[str] = (),
     ) -> str:
         """Record a promotion decision; one in `ALIAS_MOVES` also moves the alias, and the
-        adapter it pointed at before is kept with the decision (the alias's history)."""
+        adapter it pointed at before is kept with the decision (the alias's history).
+        `accepted_inconclusive`: gates the alias's policy took although inconclusive."""
         promotion_id = new_id("promo")
         with self._tx() as con:
             row = con.execute("SELECT adapter_id FROM aliases WHERE alias = ?", [alias]).fetchone()
             con.execute(
                 "INSERT INTO promotions (promotion_id, adapter_id, alias, decision, reason, actor, "
-                "run_id, created_at, previous_adapter_id, files_sha256) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "run_id, created_at, previous_adapter_id, files_sha256, accepted_inconclusive) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [promotion_id, adapter_id, alias, decision, reason, actor, run_id, now(),
-                 row[0] if row else None, files_sha256],
+                 row[0] if row else None, files_sha256,
+                 ",".join(accepted_inconclusive) or None],
             )  # fmt: skip
             if decision in ALIAS_MOVES:
                 con.execute(
@@ -610,7 +646,8 @@ class Lineage:
         """Every decision about an alias, oldest first (refusals included)."""
         return self.query(
             "SELECT promotion_id, adapter_id, previous_adapter_id, decision, reason, actor, "
-            "run_id, files_sha256, created_at FROM promotions WHERE alias = ? "
+            "run_id, files_sha256, accepted_inconclusive, created_at FROM promotions "
+            "WHERE alias = ? "
             "ORDER BY created_at, promotion_id", [alias]
         )  # fmt: skip
 
@@ -618,7 +655,8 @@ class Lineage:
         """Every alias with its adapter and the decision that put it there."""
         return self.query(
             "SELECT a.alias, a.adapter_id, a.updated_at, p.decision, p.actor, p.reason, "
-            "p.files_sha256 FROM aliases a LEFT JOIN promotions p ON p.promotion_id = ("
+            "p.files_sha256, p.accepted_inconclusive "
+            "FROM aliases a LEFT JOIN promotions p ON p.promotion_id = ("
             "  SELECT promotion_id FROM promotions q WHERE q.alias = a.alias "
             "  AND q.adapter_id = a.adapter_id "
             "  AND q.decision IN ('promoted', 'forced', 'rollback') "
@@ -651,12 +689,13 @@ class Lineage:
                 [aid, aid],
             ),
             "gates": self.query(
-                "SELECT gate, passed, value, threshold, reason FROM gate_results "
+                "SELECT gate, outcome, value, threshold, reason FROM gate_results "
                 "WHERE adapter_id = ? ORDER BY created_at",
                 [aid],
             ),
             "promotions": self.query(
-                "SELECT alias, decision, reason, actor, created_at FROM promotions "
+                "SELECT alias, decision, accepted_inconclusive, reason, actor, created_at "
+                "FROM promotions "
                 "WHERE adapter_id = ? ORDER BY created_at",
                 [aid],
             ),

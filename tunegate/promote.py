@@ -20,14 +20,19 @@ def decide_promotion(
     adapter_dir: Path,
     alias: str,
     gates: list[GateResult],
+    accept_inconclusive: bool = False,
 ) -> Decision:
-    """Record every gate with the digest of the files it judged, then promote or refuse."""
+    """Record every gate with the digest of the files it judged, then promote or refuse
+    (`accept_inconclusive`: the alias's policy takes inconclusive gates, never failed ones)."""
     digest = files_digest(adapter_dir)
     for g in gates:
         lineage.record_gate(run_id, adapter_id, g.gate, g.passed, g.value, g.threshold, g.reason,
-                            digest)  # fmt: skip
+                            digest, outcome=g.outcome, low=g.low, high=g.high,
+                            n_items=g.n)  # fmt: skip
     if not gates:
         reason = "refused: no gate ran, nothing vouches for this adapter"
         lineage.record_promotion(adapter_id, alias, "refused", reason, actor(), run_id)
         return Decision(adapter_id, alias, False, reason, "refused")
-    return promote(lineage, str(adapter_dir), alias, run_id=run_id)  # these files, as judged
+    return promote(
+        lineage, str(adapter_dir), alias, run_id=run_id, accept_inconclusive=accept_inconclusive
+    )  # these files, as judged

@@ -1,7 +1,9 @@
 """The adapter registry: aliases (production, staging, ...) pointing at adapter ids, with history.
 
 An alias moves to an adapter only when every gate of the adapter's latest gate run passed
-and its files are, byte for byte, the files those gates judged. Two hashes make that
+(outcome `pass`; an alias whose policy accepts `inconclusive`, e.g. staging, also takes that
+outcome, never `fail`, and the promotion records which gates it took inconclusive) and its
+files are, byte for byte, the files those gates judged. Two hashes make that
 checkable at any later time:
 
 - the adapter id: sha256 of the weight files (`train.py`), so the id names the weights;
@@ -101,12 +103,22 @@ def integrity_problem(adapter_id: str, path: Path) -> str | None:
     return None
 
 
-def gate_problems(lineage: Lineage, adapter_id: str, digest: str) -> list[str]:
-    """Why the adapter's gates do not vouch for these files (empty: every gate passed on them)."""
+def inconclusive_gates(lineage: Lineage, adapter_id: str) -> list[str]:
+    """The gates of the adapter's latest gate run whose outcome is inconclusive."""
+    return [g["gate"] for g in lineage.latest_gates(adapter_id) if g["outcome"] == "inconclusive"]
+
+
+def gate_problems(
+    lineage: Lineage, adapter_id: str, digest: str, accept_inconclusive: bool = False
+) -> list[str]:
+    """Why the adapter's gates do not vouch for these files (empty: every gate passed on them,
+    or, with `accept_inconclusive`, none failed)."""
     gates = lineage.latest_gates(adapter_id)
     if not gates:
         return ["no gate has judged this adapter"]
-    problems = [f"gate {g['gate']} failed ({g['reason']})" for g in gates if not g["passed"]]
+    taken = {"pass", "inconclusive"} if accept_inconclusive else {"pass"}
+    problems = [f"gate {g['gate']} {'failed' if g['outcome'] == 'fail' else g['outcome']} "
+                f"({g['reason']})" for g in gates if g["outcome"] not in taken]  # fmt: skip
     judged = {g["files_sha256"] for g in gates}
     if judged != {digest}:
         problems.append(
@@ -124,11 +136,14 @@ def promote(
     force: bool = False,
     reason: str | None = None,
     run_id: str | None = None,
+    accept_inconclusive: bool = False,
 ) -> Decision:
     """Move `alias` to an adapter whose gates all passed on its current files, or refuse.
 
-    `force` moves it despite failed or missing gates; it needs a `reason`, and the decision
-    records who forced it, why, and what it overrode. A refusal is recorded too.
+    `accept_inconclusive` (the alias's policy, `promote.accept_inconclusive`) also takes
+    inconclusive gates, never failed ones, and records which it took. `force` moves it
+    despite failed or missing gates; it needs a `reason`, and the decision records who forced
+    it, why, and what it overrode. A refusal is recorded too.
     """
     if force and not (reason or "").strip():
         raise RegistryError("--force needs --reason: a forced promotion must say why")
@@ -141,10 +156,17 @@ def promote(
         lineage.record_promotion(adapter_id, alias, "refused", why, who, run_id)
         return Decision(adapter_id, alias, False, why, "refused")
     digest = files_digest(path)
-    problems = gate_problems(lineage, adapter_id, digest)
+    problems = gate_problems(lineage, adapter_id, digest, accept_inconclusive)
+    taken: list[str] = []
     if not problems:
         gates = lineage.latest_gates(adapter_id)
-        why = "all gates passed: " + "; ".join(g["reason"] for g in gates)
+        taken = inconclusive_gates(lineage, adapter_id)
+        head = (
+            "all gates passed"
+            if not taken
+            else (f"gates passed, {', '.join(taken)} inconclusive and accepted by {alias}'s policy")
+        )
+        why = f"{head}: " + "; ".join(g["reason"] for g in gates)
         decision = "promoted"
     elif force:
         why = f"forced by {who}: {reason}; overriding: " + "; ".join(problems)
@@ -152,7 +174,7 @@ def promote(
     else:
         why = "refused: " + "; ".join(problems)
         decision = "refused"
-    lineage.record_promotion(adapter_id, alias, decision, why, who, run_id, digest)
+    lineage.record_promotion(adapter_id, alias, decision, why, who, run_id, digest, taken)
     return Decision(adapter_id, alias, decision != "refused", why, decision)
 
 
@@ -199,16 +221,19 @@ def release_check(lineage: Lineage, *, alias: str | None = None, ref: str | None
 
     With `alias`, the files are the registered adapter directory and must also match the
     digest the alias was moved with; with `ref` (id or directory), that adapter's files.
+    Every gate must be `pass`, except the inconclusive ones the alias's policy accepted when
+    it moved the alias (recorded with the promotion); with `ref`, every gate.
     """
     if (alias is None) == (ref is None):
         raise RegistryError("give an alias or an adapter, not both")
-    expected = None
+    expected, accepted = None, set()
     if alias is not None:
         entry = next((a for a in lineage.aliases() if a["alias"] == alias), None)
         if entry is None:
             return Check(False, f"alias {alias!r} points at no adapter")
         row, path = resolve_adapter(lineage, entry["adapter_id"])
         expected = entry["files_sha256"]
+        accepted = set(filter(None, (entry.get("accepted_inconclusive") or "").split(",")))
     else:
         row, path = resolve_adapter(lineage, str(ref))
     adapter_id = row["adapter_id"]
@@ -223,8 +248,15 @@ def release_check(lineage: Lineage, *, alias: str | None = None, ref: str | None
             f"(digest {digest[:12]}, registered {str(expected)[:12]})"
         )
         return Check(False, why, adapter_id)
-    problems = gate_problems(lineage, adapter_id, digest)
+    problems = gate_problems(lineage, adapter_id, digest, accept_inconclusive=bool(accepted))
+    unaccepted = set(inconclusive_gates(lineage, adapter_id)) - accepted
+    problems += [f"gate {g} inconclusive, not accepted for this alias" for g in sorted(unaccepted)
+                 if accepted]  # fmt: skip
     if problems:
         return Check(False, f"{name}: " + "; ".join(problems), adapter_id)
     n = len(lineage.latest_gates(adapter_id))
+    taken = sorted(set(inconclusive_gates(lineage, adapter_id)) & accepted)
+    if taken:
+        return Check(True, f"{name}: files match the registry, gates passed but {', '.join(taken)}"
+                     f" inconclusive, accepted by {alias}'s policy", adapter_id)  # fmt: skip
     return Check(True, f"{name}: files match the registry, all {n} gates passed", adapter_id)

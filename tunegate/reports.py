@@ -41,9 +41,10 @@ def metrics_markdown(base: dict[str, tuple[float, float | None]],
 
 
 def gates_markdown(gates: Sequence[GateResult]) -> str:
-    """Every gate's verdict, value, threshold and reason."""
-    rows = [(g.gate, "pass" if g.passed else "FAIL", g.value, g.threshold, g.reason) for g in gates]
-    return markdown_table(["gate", "verdict", "value", "threshold", "reason"], rows)
+    """Every gate's outcome (pass, FAIL, inconclusive), value, threshold, items and reason."""
+    rows = [(g.gate, "FAIL" if g.outcome == "fail" else g.outcome, g.value, g.threshold, g.n,
+             g.reason) for g in gates]  # fmt: skip
+    return markdown_table(["gate", "outcome", "value", "threshold", "items", "reason"], rows)
 
 
 def write_report(reports_dir: Path, run_id: str, sections: dict[str, str]) -> Path:

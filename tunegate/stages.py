@@ -6,6 +6,7 @@ whether it runs inside a deployment or from a terminal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tunegate.evaluate import (
     general_tasks,
     heldout_tasks,
 )
-from tunegate.gates import GateResult, general_drop_gate, heldout_gain_gate
+from tunegate.gates import OUTCOMES, GateResult, general_drop_gate, heldout_gain_gate
 from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, resolve_base_model
 from tunegate.promote import Decision, decide_promotion
@@ -137,7 +138,8 @@ def cached_outcome(cached: dict[str, Any], task: EvalTask) -> EvalOutcome:
     """A base-model outcome rebuilt from the lineage rows of an earlier run."""
     samples = [
         Sample(r["item_id"], r["prediction"], r["target"],
-               r["scores"].get(task.primary, r["score"]), r["scores"], r["prompt"] or "")
+               r["scores"].get(task.primary, r["score"]), r["scores"], r["prompt"] or "",
+               tuple(r["choice_logliks"]))
         for r in cached["samples"]
     ]  # fmt: skip
     # The dtype is part of the cache key: the cached scores were computed in the task's.
@@ -157,9 +159,17 @@ def run_gates(
     config: PipelineConfig, base_evals: list[EvalOutcome], adapter_evals: list[EvalOutcome]
 ) -> list[GateResult]:
     """Every configured gate: held-out gain, then one no-forgetting gate per general task."""
-    gain = heldout_gain_gate(outcome(base_evals, TASK).metrics,
-                             outcome(adapter_evals, TASK).metrics, config.gates)  # fmt: skip
+    metric = config.gates.metric
+    base, tuned = outcome(base_evals, TASK), outcome(adapter_evals, TASK)
+    if metric not in base.metrics or metric not in tuned.metrics:
+        raise KeyError(f"gates.metric {metric!r} is not a held-out metric ({sorted(base.metrics)})")
+    gain = heldout_gain_gate(per_item(base, metric), per_item(tuned, metric), config.gates)
     return [gain, *general_gates(config, base_evals, adapter_evals)]
+
+
+def per_item(o: EvalOutcome, metric: str) -> dict[str, float]:
+    """item id -> one metric of that item."""
+    return {s.item_id: s.scores[metric] for s in o.samples}
 
 
 def general_gates(
@@ -169,9 +179,8 @@ def general_gates(
     metric = config.gates.general.metric
     gates = []
     for task in general_tasks(config):
-        base_scores = {s.item_id: s.scores[metric] for s in outcome(base_evals, task.name).samples}
-        adapter_scores = {s.item_id: s.scores[metric]
-                          for s in outcome(adapter_evals, task.name).samples}  # fmt: skip
+        base_scores = per_item(outcome(base_evals, task.name), metric)
+        adapter_scores = per_item(outcome(adapter_evals, task.name), metric)
         short = task.name.removeprefix("tunegate_")
         gates.append(general_drop_gate(short, base_scores, adapter_scores, config.gates.general))
     return gates
@@ -185,11 +194,21 @@ def gate_and_promote(
     base_evals: list[EvalOutcome],
     adapter_evals: list[EvalOutcome],
 ) -> tuple[list[GateResult], Decision]:
-    """Run every gate, record the verdicts, and promote only if all passed."""
+    """Run every gate, record the verdicts, and promote only if all passed (or, for an alias
+    in `promote.accept_inconclusive`, none failed)."""
     gates = run_gates(config, base_evals, adapter_evals)
-    decision = decide_promotion(lineage, run_id, adapter.adapter_id, adapter.adapter_dir,
-                                config.promote.alias, gates)  # fmt: skip
+    alias = config.promote.alias
+    decision = decide_promotion(lineage, run_id, adapter.adapter_id, adapter.adapter_dir, alias,
+                                gates, alias in config.promote.accept_inconclusive)  # fmt: skip
     return gates, decision
+
+
+def gate_summary(gates: Sequence[GateResult], promoted: bool) -> str:
+    """ "passed" or "refused", with the gates' outcomes counted: "passed (4 pass)",
+    "refused (3 pass, 1 inconclusive)"."""
+    counts = [f"{n} {o}" for o in OUTCOMES if (n := sum(g.outcome == o for g in gates))]
+    head = "passed" if promoted else "refused"
+    return f"{head} ({', '.join(counts)})" if counts else head
 
 
 @dataclass(frozen=True)
@@ -217,6 +236,7 @@ def summarize(
     decision: Decision,
     report: Path,
     eval_report: Path,
+    gates: Sequence[GateResult] = (),
 ) -> RunSummary:
     accepted = len(curation.accepted)
     metric, general = config.gates.metric, config.gates.general.metric
@@ -239,7 +259,7 @@ def summarize(
             }
             for t in general_tasks(config)
         },
-        gate="passed" if decision.promoted else "refused",
+        gate=gate_summary(gates, decision.promoted),
         adapter_id=decision.adapter_id,
         promoted=decision.promoted,
         reason=decision.reason,

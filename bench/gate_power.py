@@ -1,0 +1,105 @@
+"""Gate power: which planted degradations each per-item score lets the general gate detect.
+
+    python bench/gate_power.py                        # pipeline.yaml's size (eval.general.limit)
+    python bench/gate_power.py --limit 100 --scales 0.25,1,4
+
+Evaluates the base model's general suite once, then base + a LoRA with random A and B on every
+linear layer (`bench/eval.py`'s `random_adapter`) at several scales (`lora_alpha / r`: the
+larger, the more damage), and a no-op LoRA (B = 0: adapter = base, must pass). For each and
+each score (p_gold, acc, acc_norm) it prints the paired mean change, its one-sided 95% bounds
+and the gate's outcome (pass / FAIL / inconclusive) at `gates.general.max_drop`, plus the
+standard deviation of the per-item difference, which sets the items a decision needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tunegate.config import load_config  # noqa: E402
+from tunegate.evaluate import EvalOutcome, evaluate, general_tasks  # noqa: E402
+from tunegate.gates import general_drop_gate  # noqa: E402
+from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
+from tunegate.precision import cpu_kind  # noqa: E402
+
+SCORES = ("p_gold", "acc", "acc_norm")
+
+
+def lora(base: BaseModel, out: Path, scale: float, seed: int = 0) -> Path:
+    """A LoRA (r=16, all linear layers): random A and B at `scale` = alpha / r, or, at
+    scale 0, peft's own init (B = 0): a no-op, the adapter = base case."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    config = LoraConfig(r=16, lora_alpha=16 if scale == 0 else scale * 16,
+                        target_modules="all-linear", init_lora_weights=scale == 0)  # fmt: skip
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def per_item(o: EvalOutcome, metric: str) -> dict[str, float]:
+    return {s.item_id: s.scores[metric] for s in o.samples}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "pipeline.yaml"))
+    parser.add_argument("--limit", type=int, default=None, help="items per task (config's)")
+    parser.add_argument("--scales", default="0.125,0.25,0.5,1", help="random LoRA alpha / r")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    if args.limit:
+        config.eval.general.limit = args.limit
+    base = resolve_base_model(config.model.base_model, config.workspace_dir)
+    tasks = general_tasks(config)
+    gate_config = config.gates.general
+    print(f"# {cpu_kind()}; {len(tasks)} tasks x {config.eval.general.limit} items; margin "
+          f"{gate_config.max_drop}, {gate_config.confidence:.0%} one-sided")  # fmt: skip
+    start = time.perf_counter()
+    before = evaluate(base, None, "base", tasks)
+    print(f"base: {time.perf_counter() - start:.0f} s", flush=True)
+    rows = []
+    scales = [0.0, *(float(s) for s in args.scales.split(","))]
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in scales:
+            start = time.perf_counter()
+            after = evaluate(base, lora(base, Path(tmp) / f"s{scale}", scale), "adapter", tasks)
+            name = "no-op (B = 0)" if scale == 0 else f"random LoRA x{scale:g}"
+            for b, a in zip(before, after, strict=True):
+                task = b.task.removeprefix("tunegate_")
+                for metric in SCORES:
+                    cfg = gate_config.model_copy(update={"metric": metric})
+                    g = general_drop_gate(task, per_item(b, metric), per_item(a, metric), cfg)
+                    diffs = [
+                        a_ - b_
+                        for a_, b_ in zip(
+                            per_item(a, metric).values(), per_item(b, metric).values(), strict=True
+                        )
+                    ]
+                    mean = sum(diffs) / len(diffs)
+                    sd = (sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)) ** 0.5
+                    rows.append({"adapter": name, "task": task, "metric": metric, "n": g.n,
+                                 "change": mean, "low": g.low, "high": g.high, "sd": sd,
+                                 "outcome": g.outcome})  # fmt: skip
+                    print(f"{name:>20} {task:>9} {metric:>8}: change {mean:+.3f} "
+                          f"[{g.low:+.3f}, {g.high:+.3f}] sd {sd:.3f} -> {g.outcome}",
+                          flush=True)  # fmt: skip
+            print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
