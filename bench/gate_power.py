@@ -56,11 +56,17 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "pipeline.yaml"))
     parser.add_argument("--limit", type=int, default=None, help="items per task (config's)")
     parser.add_argument("--scales", default="0.125,0.25,0.5,1", help="random LoRA alpha / r")
+    parser.add_argument("--tasks", default=None, help="comma-separated (config's)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     config = load_config(args.config)
+    general: dict[str, object] = {}
     if args.limit:
-        config.eval.general.limit = args.limit
+        general["limit"] = args.limit
+    if args.tasks:
+        general["tasks"] = args.tasks.split(",")
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={
+        "general": config.eval.general.model_copy(update=general)})})  # fmt: skip
     base = resolve_base_model(config.model.base_model, config.workspace_dir)
     tasks = general_tasks(config)
     gate_config = config.gates.general

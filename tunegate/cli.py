@@ -29,14 +29,20 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # nothing downloads at ru
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _config(path: Path, runnable: bool = False) -> PipelineConfig:
-    """The config, or exit 1 with every problem; `runnable`: also checked against the device."""
+def _config(path: Path, runnable: bool = False, gated: bool = False) -> PipelineConfig:
+    """The config, or exit 1 with every problem; `runnable`: also checked against the device;
+    `gated`: its gates must be able to reach a conclusion at the configured eval size."""
     try:
         config = load_config(path)
         if runnable:
             from tunegate.precision import pick_device
 
             check_runnable(config, pick_device(), str(path))
+        if gated:
+            from tunegate.gate_sizing import sizing_problems
+
+            if problems := sizing_problems(config):
+                raise ConfigError(str(path), problems)
         return config
     except ConfigError as exc:
         err.print(f"[red]invalid config[/red] {exc}")
@@ -66,7 +72,7 @@ def _table(title: str, rows: list[dict[str, Any]]) -> Table:
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check a pipeline YAML; every bad key is reported with its path and reason."""
-    cfg = _config(config, runnable=True)
+    cfg = _config(config, runnable=True, gated=True)
     console.print(f"[green]ok[/green] {config} (config hash {cfg.config_hash()[:16]})")
 
 
@@ -82,7 +88,7 @@ def run(
     The terminal shows one line per stage and the summary; progress bars, warnings and
     Prefect's logs go to `reports/<run id>/run.log`.
     """
-    cfg = _config(config, runnable=True)  # fail fast, before Prefect starts
+    cfg = _config(config, runnable=True, gated=True)  # fail fast, before Prefect starts
     from flows.pipeline import pipeline
     from tunegate.lineage import new_id
     from tunegate.runlog import quiet_run
@@ -522,7 +528,7 @@ def registry_show(alias: Annotated[str, typer.Argument(help="Registry alias.")],
                   f"  files digest {entry['files_sha256']}\n  {entry['decision']} by "
                   f"{entry['actor']} at {entry['updated_at']}: {entry['reason']}")  # fmt: skip
     gates = lineage.latest_gates(adapter["adapter_id"])
-    console.print(_table("latest gates", [{k: g[k] for k in ("gate", "passed", "value",
+    console.print(_table("latest gates", [{k: g[k] for k in ("gate", "outcome", "value",
                                            "threshold", "reason")} for g in gates]))  # fmt: skip
     check = release_check(lineage, alias=alias)
     console.print(f"release gate: {'[green]pass' if check.ok else '[red]FAIL'}[/] {check.reason}")
@@ -548,7 +554,8 @@ def gate_check(
     alias: Annotated[str | None, typer.Option("--alias", "-a", help="Registry alias.")] = None,
     workspace: WorkspaceOpt = Path(".tunegate"),
 ) -> None:
-    """Exit 0 only if the adapter's files match the registry and all its gates passed.
+    """Exit 0 only if the adapter's files match the registry and all its gates passed
+    (inconclusive ones too where the alias's policy accepted them when it moved the alias).
 
     Otherwise exit 1 with a one-line reason on stderr: what a CI release job runs.
     """
