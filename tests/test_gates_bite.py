@@ -10,6 +10,7 @@ from conftest import REPO
 
 from tunegate import stages
 from tunegate.config import parse_config
+from tunegate.gates import general_drop_gate
 from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, sha256_dir
 from tunegate.train import TrainResult
@@ -62,10 +63,11 @@ def test_a_no_op_adapter_fails_the_heldout_gain_gate(tiny_base_model, tmp_path):
 
 @pytest.mark.slow
 def test_an_adapter_that_damages_general_capability_is_refused(embedded_model_dir, tmp_path):
-    """Random LoRA weights on SmolLM2-135M: PIQA and ARC-Easy fall towards chance."""
+    """Random LoRA weights (alpha / r = 2) on SmolLM2-135M: PIQA falls towards chance. The
+    default gate (p_gold) does not pass it; on acc_norm the same items show it fails."""
     base = BaseModel(str(embedded_model_dir), embedded_model_dir, sha256_dir(embedded_model_dir))
     damaging = lora_adapter(base, tmp_path / "damaging", random_b=True)
-    config = config_for(tmp_path, general={"tasks": ["piqa", "arc_easy"], "limit": 60})
+    config = config_for(tmp_path, general={"tasks": ["piqa"], "limit": 100})
     lineage = Lineage(":memory:")
     before = stages.evaluate_recorded(config, lineage, "run", base, None, "general")
     after = stages.evaluate_recorded(config, lineage, "run", base, damaging, "general")
@@ -73,7 +75,12 @@ def test_an_adapter_that_damages_general_capability_is_refused(embedded_model_di
     piqa = before[0].metrics["acc_norm"][0]
     assert piqa > 0.6  # the base model is clearly above chance (0.5)...
     assert after[0].metrics["acc_norm"][0] < piqa - 0.1  # ...the damaged one is not
-    gates = stages.general_gates(config, before, after)
-    print(*(g.reason for g in gates), sep="\n")
-    assert gates[0].outcome == "fail" and ": FAIL" in gates[0].reason  # PIQA, on p_gold
-    assert gates[0].high < -0.02 and gates[0].n == 60
+    (gate,) = stages.general_gates(config, before, after)
+    print(gate.reason)
+    assert gate.outcome != "pass" and gate.low < -0.02 and gate.n == 100  # refused by default
+    acc_norm = general_drop_gate(
+        "piqa", stages.per_item(before[0], "acc_norm"), stages.per_item(after[0], "acc_norm"),
+        config.gates.general.model_copy(update={"metric": "acc_norm"}),
+    )  # fmt: skip
+    print(acc_norm.reason)
+    assert acc_norm.outcome == "fail" and ": FAIL" in acc_norm.reason

@@ -88,7 +88,7 @@ def run(
     The terminal shows one line per stage and the summary; progress bars, warnings and
     Prefect's logs go to `reports/<run id>/run.log`.
     """
-    cfg = _config(config, runnable=True, gated=True)  # fail fast, before Prefect starts
+    cfg = _config(config, runnable=True)  # fail fast, before Prefect starts
     from flows.pipeline import pipeline
     from tunegate.lineage import new_id
     from tunegate.runlog import quiet_run

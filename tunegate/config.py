@@ -376,10 +376,11 @@ class GeneralEvalConfig(Section):
         "suite (and its gates).",
     )
     limit: int | None = Field(
-        50, ge=1,
+        120, ge=1,
         description="First N items per task (the files hold 500 each, in a fixed random order); "
         "null: all. Bounds the run time: N x (2 + 4 + 4) log-likelihood requests per subject, "
-        "~1.1 s per N on 2 CPU cores for the embedded model.",
+        "~1.1 s per N on 2 CPU cores for the embedded model. `tunegate validate` refuses an N "
+        "too small for the general gate to be conclusive and says the N needed.",
     )  # fmt: skip
     batch_size: int = Field(16, ge=1, description="Log-likelihood requests per forward pass.")
 
