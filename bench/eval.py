@@ -152,10 +152,10 @@ def main() -> int:
             gates = (general_gates if args.no_heldout else run_gates)(cfg, base_out, adapter_out)
             run |= {"adapter_seconds": adapter_s, "adapter": scores(adapter_out),
                     "total_seconds": base_s + adapter_s,
-                    "gates": [[g.gate, g.passed, g.reason] for g in gates]}  # fmt: skip
+                    "gates": [[g.gate, g.outcome, g.reason] for g in gates]}  # fmt: skip
             print(f"   adapter: {adapter_s:.1f} s; base + adapter {base_s + adapter_s:.1f} s")
             for g in gates:
-                print(f"   gate {g.gate}: {'pass' if g.passed else 'FAIL'} ({g.reason})")
+                print(f"   gate {g.gate}: {g.outcome} ({g.reason})")
         for o in base_out:
             line = ", ".join(f"{m} {v:.3f} ± {e or 0:.3f}" for m, (v, e) in o.metrics.items())
             print(f"   base {o.task} (n={o.n}): {line}")
