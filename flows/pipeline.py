@@ -16,13 +16,14 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
-from tunegate.config import PipelineConfig, load_config
+from tunegate.config import ConfigError, PipelineConfig, load_config
 from tunegate.curate import CurationResult, curate
 from tunegate.eval_report import metric_rows, write_eval_report
 from tunegate.evaluate import EvalOutcome
 from tunegate.gates import GateResult
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
+from tunegate.preflight import check_sources, record_failed_start
 from tunegate.promote import Decision
 from tunegate.quality.report import stage_funnel_markdown
 from tunegate.quality.template import load_tokenizer
@@ -164,10 +165,15 @@ def report_evals(
 @flow(name="tunegate-pipeline", log_prints=False)
 def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
     """Base model → curate (template gate) → synthetic review → snapshot → QLoRA → eval → gate."""
-    config = load_config(config_path)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        record_failed_start("pipeline", config_path, exc)  # every night leaves a lineage row
+        raise
     lineage = stages.open_lineage(config)
     run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json())
     try:
+        check_sources(config, config_path)  # a moved file fails here, before the model loads
         base = load_base_model(config, lineage)  # first: curation renders rows with its template
         curation = curate_data(config, lineage, run_id, base)
         triage = triage_synthetic(config, lineage, run_id, curation, base)
@@ -183,7 +189,7 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
         eval_report = report_evals(config, run_id, adapter, base_evals, adapter_evals, gates,
                                    decision)  # fmt: skip
     except BaseException as exc:
-        lineage.end_run(run_id, "failed", repr(exc))
+        lineage.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     report = write_report(config.resolve("reports"), run_id, {
         "Curation": funnel_markdown(curation.n_input, curation.reasons),

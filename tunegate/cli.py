@@ -58,15 +58,29 @@ def _table(title: str, rows: list[dict[str, Any]]) -> Table:
 
 @app.command()
 def validate(config: ConfigArg) -> None:
-    """Check a pipeline YAML; every bad key is reported with its path and reason."""
+    """Check a pipeline YAML and its sources; every bad key or unreadable source is reported."""
+    from tunegate.preflight import check_sources
+
     cfg = _config(config)
+    try:
+        check_sources(cfg, config)
+    except ConfigError as exc:
+        err.print(f"[red]invalid config[/red] {exc}", soft_wrap=True)  # paths whole
+        raise typer.Exit(1) from None
     console.print(f"[green]ok[/green] {config} (config hash {cfg.config_hash()[:16]})")
 
 
 @app.command()
 def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
     """Run the whole gated pipeline as a Prefect flow (temporary local server)."""
-    _config(config)  # fail fast, before Prefect starts
+    try:
+        load_config(config)  # fail fast, before Prefect starts
+    except ConfigError as exc:
+        from tunegate.preflight import record_failed_start
+
+        record_failed_start("pipeline", config, exc)  # a failed night is in the lineage too
+        err.print(f"[red]invalid config[/red] {exc}")
+        raise typer.Exit(1) from None
     from flows.pipeline import pipeline
 
     summary = pipeline(str(config))
