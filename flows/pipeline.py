@@ -6,14 +6,17 @@ Deploy with a schedule:                                prefect deploy --all
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
+from flows.notify import announce_run
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
 from tunegate.config import ConfigError, PipelineConfig, load_config
@@ -31,6 +34,14 @@ from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, 
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
 from tunegate.train_report import training_section
+
+
+def _log(message: str) -> None:
+    """To the flow run's log (Prefect UI, `prefect flow-run logs`); plain logging outside one."""
+    try:
+        get_run_logger().info(message)
+    except MissingContextError:
+        logging.getLogger("tunegate").info(message)
 
 
 def _stage(lineage: Lineage, run_id: str, stage: str, started: datetime, **metrics: object) -> None:
@@ -168,10 +179,13 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        record_failed_start("pipeline", config_path, exc)  # every night leaves a lineage row
+        failed = record_failed_start("pipeline", config_path, exc)  # every night leaves a row
+        if failed is not None:
+            announce_run(failed.run_id, "failed", failed.detail, config_path, failed.lineage)
         raise
     lineage = stages.open_lineage(config)
     run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json())
+    _log(f"lineage run {run_id} in {lineage.path}")
     try:
         check_sources(config, config_path)  # a moved file fails here, before the model loads
         base = load_base_model(config, lineage)  # first: curation renders rows with its template
@@ -189,7 +203,9 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
         eval_report = report_evals(config, run_id, adapter, base_evals, adapter_evals, gates,
                                    decision)  # fmt: skip
     except BaseException as exc:
-        lineage.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        detail = f"{type(exc).__name__}: {exc}"
+        lineage.end_run(run_id, "failed", detail)
+        announce_run(run_id, "failed", detail, config.name, lineage.path)
         raise
     report = write_report(config.resolve("reports"), run_id, {
         "Curation": funnel_markdown(curation.n_input, curation.reasons),
@@ -201,7 +217,9 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
         "Decision": f"**{'promoted' if decision.promoted else 'refused'}** "
                     f"`{decision.adapter_id}` → `{decision.alias}`: {decision.reason}",
     })  # fmt: skip
-    lineage.end_run(run_id, "promoted" if decision.promoted else "refused", decision.reason)
+    status = "promoted" if decision.promoted else "refused"
+    lineage.end_run(run_id, status, decision.reason)
+    announce_run(run_id, status, decision.reason, config.name, lineage.path)
     summary = stages.summarize(run_id, curation, config, base_evals, adapter_evals, decision,
                                Path(report), eval_report)  # fmt: skip
     return asdict(summary)

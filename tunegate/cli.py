@@ -110,6 +110,30 @@ def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
 
 
 @app.command()
+def notify(
+    webhook_url: Annotated[str, typer.Argument(help="URL the webhook POSTs JSON to.")],
+    on: Annotated[
+        list[str] | None,
+        typer.Option(help="Run status that notifies (repeat; default: refused and failed)."),
+    ] = None,
+    allow_private_urls: Annotated[
+        bool, typer.Option(help="Allow a webhook on a private or loopback address.")
+    ] = False,
+) -> None:
+    """Create the Prefect webhook block and automation that report refused or failed runs."""
+    from flows.notify import setup_notifications
+
+    on = on or ["refused", "failed"]
+    bad = sorted(set(on) - {"promoted", "refused", "failed"})
+    if bad:
+        err.print(f"[red]unknown status[/red] {', '.join(bad)} (promoted, refused, failed)")
+        raise typer.Exit(1)
+    block_id, automation_id = setup_notifications(webhook_url, on, allow_private_urls)
+    console.print(f"webhook block {block_id}, automation {automation_id}: runs that end "
+                  f"{' or '.join(on)} POST to {webhook_url}", soft_wrap=True)  # fmt: skip
+
+
+@app.command()
 def curate(config: ConfigArg) -> None:
     """Run curation alone and print the funnel (every row gets a verdict)."""
     cfg = _config(config)

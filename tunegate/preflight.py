@@ -9,6 +9,7 @@ default one), and sources are checked for existence and readability up front.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -65,11 +66,22 @@ def failed_start_workspace(config_path: str | Path) -> Path:
     return Path.cwd() / DEFAULT_WORKSPACE
 
 
-def record_failed_start(flow: str, config_path: str | Path, error: BaseException) -> str | None:
+@dataclass(frozen=True)
+class FailedStart:
+    """The lineage row of a run that could not start."""
+
+    run_id: str
+    detail: str
+    lineage: str  # the lineage file it was recorded in
+
+
+def record_failed_start(
+    flow: str, config_path: str | Path, error: BaseException
+) -> FailedStart | None:
     """Record a run that failed before it started: status `failed`, the error as its detail.
 
-    Returns the run id, or None when the workspace's lineage cannot be opened either (the
-    original error is what the caller raises; this one is logged).
+    Returns what was recorded, or None when the workspace's lineage cannot be opened either
+    (the original error is what the caller raises; this one is logged).
     """
     ws = failed_start_workspace(config_path)
     try:
@@ -79,8 +91,9 @@ def record_failed_start(flow: str, config_path: str | Path, error: BaseException
     try:
         lineage = Lineage(ws / "lineage.duckdb")
         run_id = lineage.start_run(flow, "", raw)
-        lineage.end_run(run_id, "failed", f"{type(error).__name__}: {error}")
+        detail = f"{type(error).__name__}: {error}"
+        lineage.end_run(run_id, "failed", detail)
     except Exception as exc:  # any: the caller raises the original error, which matters more
         log.warning("could not record the failed start in %s: %s", ws, exc)
         return None
-    return run_id
+    return FailedStart(run_id, detail, lineage.path)
