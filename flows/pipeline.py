@@ -31,9 +31,11 @@ from tunegate.promote import Decision
 from tunegate.quality.report import stage_funnel_markdown
 from tunegate.quality.template import load_tokenizer
 from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
+from tunegate.run_history import run_history
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
 from tunegate.train_report import training_section
+from tunegate.trends_report import trends_markdown, write_trends
 
 
 def _log(message: str) -> None:
@@ -171,6 +173,14 @@ def report_evals(
     return path
 
 
+def publish_trends(config: PipelineConfig, lineage: Lineage) -> None:
+    """Rewrite reports/trends.html (every night, change flags) and its artifact."""
+    nights = run_history(lineage)
+    path = write_trends(config.resolve("reports"), nights)
+    create_markdown_artifact(trends_markdown(nights), key="nightly-trends",
+                             description=f"Nights side by side, what changed ({path})")  # fmt: skip
+
+
 # log_prints stays off: dill (used by `datasets` to fingerprint map functions) disassembles
 # them to a captured stdout, and a print-to-log patch would flood the run log with bytecode.
 @flow(name="tunegate-pipeline", log_prints=False)
@@ -206,6 +216,10 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
         detail = f"{type(exc).__name__}: {exc}"
         lineage.end_run(run_id, "failed", detail)
         announce_run(run_id, "failed", detail, config.name, lineage.path)
+        try:
+            publish_trends(config, lineage)
+        except Exception as trends_exc:  # the run's own error is the one to raise
+            _log(f"could not update the trends report: {trends_exc!r}")
         raise
     report = write_report(config.resolve("reports"), run_id, {
         "Curation": funnel_markdown(curation.n_input, curation.reasons),
@@ -220,6 +234,7 @@ def pipeline(config_path: str = "pipeline.yaml") -> dict[str, object]:
     status = "promoted" if decision.promoted else "refused"
     lineage.end_run(run_id, status, decision.reason)
     announce_run(run_id, status, decision.reason, config.name, lineage.path)
+    publish_trends(config, lineage)
     summary = stages.summarize(run_id, curation, config, base_evals, adapter_evals, decision,
                                Path(report), eval_report)  # fmt: skip
     return asdict(summary)

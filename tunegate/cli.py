@@ -295,6 +295,36 @@ def verdicts(
     console.print(_table(f"verdicts of {run_id}", rows))
 
 
+@app.command()
+def runs(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    limit: Annotated[int, typer.Option(help="Last N pipeline runs.")] = 30,
+    trends: Annotated[
+        Path | None, typer.Option(help="Also write DIR/trends.html (e.g. --trends reports).")
+    ] = None,
+) -> None:
+    """Pipeline runs, oldest first: status, rows, rejections, gates, adapter, what changed."""
+    from tunegate.run_history import run_history
+    from tunegate.trends_report import night_rows, write_trends
+
+    nights = run_history(_lineage(workspace), limit)
+    rows = [
+        {"run": n.run_id, "started (UTC)": f"{n.started_at:%Y-%m-%d %H:%M}", "status": n.status,
+         "duration s": "" if n.duration_s is None else round(n.duration_s),
+         "rows in / accepted": f"{n.rows_in} / {n.accepted}",
+         "rejected": ", ".join(f"{k} {v}" for k, v in sorted(n.rejected.items())),
+         "gates": ", ".join(f"{g.gate} {'pass' if g.passed else 'FAIL'} {g.value:+.3f}"
+                            for g in n.gates),
+         "promoted": (n.promoted_adapter or "")[:12],
+         "changed (and why a run failed)": "; ".join(
+             flags + ([n.detail or ""] if n.status == "failed" else []))}
+        for n, flags in reversed(night_rows(nights))
+    ]  # fmt: skip
+    console.print(_table(f"{len(nights)} pipeline runs in {workspace}", rows))
+    if trends is not None:
+        console.print(f"trends report: {write_trends(trends, nights)}", soft_wrap=True)
+
+
 @app.command("lineage")
 def lineage_cmd(
     adapter_id: Annotated[str, typer.Argument(help="Adapter id (a unique prefix is enough).")],
