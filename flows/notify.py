@@ -55,6 +55,7 @@ def setup_notifications(
     the block and adds no second automation of the same name.
     """
     block = CustomWebhookNotificationBlock(
+        name="tunegate",  # the sender's name, `{{name}}` in the block's templates
         url=webhook_url,
         json_data={"subject": "{{subject}}", "text": "{{body}}"},
         allow_private_urls=allow_private_urls,
