@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 
 from flows.notify import announce_run
@@ -174,11 +175,16 @@ def report_evals(
 
 
 def publish_trends(config: PipelineConfig, lineage: Lineage) -> None:
-    """Rewrite reports/trends.html (every night, change flags) and its artifact."""
+    """Rewrite reports/trends.html (every night, change flags) and, in a flow run, its artifact
+    (outside one, an artifact would start a temporary server just to be dropped)."""
     nights = run_history(lineage)
     path = write_trends(config.resolve("reports"), nights)
-    create_markdown_artifact(trends_markdown(nights), key="nightly-trends",
-                             description=f"Nights side by side, what changed ({path})")  # fmt: skip
+    if FlowRunContext.get() is not None:
+        create_markdown_artifact(
+            trends_markdown(nights),
+            key="nightly-trends",
+            description=f"Nights side by side, what changed ({path})",
+        )
 
 
 # log_prints stays off: dill (used by `datasets` to fingerprint map functions) disassembles
