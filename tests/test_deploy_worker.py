@@ -8,6 +8,7 @@ that picks both runs up on its own:
   flow-run log and recorded `refused`;
 - a config with a bad key: the flow run FAILED, the error in its log, a `failed` run in the
   lineage;
+- the tiny run wrote reports/trends.html and the `nightly-trends` artifact;
 - the webhook received one notification per night, refused and failed.
 """
 
@@ -155,7 +156,17 @@ def test_worker_runs_due_nights_to_completed_and_failed(tmp_path, tiny_base_mode
         ((_, status, detail),) = lineage_runs(tmp_path / "broken" / "ws")
         assert status == "failed" and "train.learning_rate" in detail
 
-        # 3. One webhook call per night, naming its status and lineage run.
+        # 3. The trends page and its artifact, written by the run itself.
+        assert run_id in (tmp_path / "tiny" / "reports" / "trends.html").read_text()
+        trends = {"key": {"any_": ["nightly-trends"]}, "flow_run_id": {"any_": [done["id"]]}}
+        (artifact,) = server.api("POST", "/artifacts/filter", {"artifacts": trends})
+        assert run_id in artifact["data"] and "refused" in artifact["data"]
+
+        # 4. The scheduler kept working under the worker's load. (SQLite may log "database is
+        # locked" on heartbeats under heavier load: README "Deploying" recommends PostgreSQL.)
+        assert [e for e in server.errors() if "schedul" in e] == []
+
+        # 5. One webhook call per night, naming its status and lineage run.
         texts = sorted(call["text"] for call in Webhook.received)
         assert [call["subject"].split(": ")[-1] for call in Webhook.received].count("refused") == 1
         assert any(run_id in t and "refused" in t for t in texts), texts
