@@ -4,6 +4,7 @@ lineage file holding three recorded nights (promoted, refused, failed before cur
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from html.parser import HTMLParser
 
 from typer.testing import CliRunner
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from tunegate import cli
 from tunegate.cli import app
 from tunegate.lineage import Lineage, Verdict
-from tunegate.run_history import changes, run_history
+from tunegate.run_history import GateOutcome, Night, changes, run_history
 from tunegate.trends_report import trends_markdown, write_trends
 
 HUMAN, SYNTH, NEW = "data/human.jsonl", "data/synthetic.jsonl", "data/partner.jsonl"
@@ -130,3 +131,16 @@ def test_tunegate_runs_lists_the_nights(tmp_path, monkeypatch):
                      "heldout_gainpass+0.250", "ConfigError"):  # fmt: skip
         assert expected in flat, expected
     assert (tmp_path / "reports" / "trends.html").is_file()
+
+
+def test_a_gate_that_starts_failing_and_a_drop_in_accepted_rows_are_flagged():
+    def night(accepted: int, gain: float) -> Night:
+        return Night("run", "refused", datetime(2026, 11, 1), None, None, rows_in=500,
+                     accepted=accepted, rejected={"schema": 500 - accepted},
+                     gates=(GateOutcome("heldout_gain", gain >= 0.2, gain, 0.2),))  # fmt: skip
+
+    flags = changes(night(450, 0.3), night(350, 0.1))
+    assert "heldout_gain now fails: +0.300 → +0.100 (threshold +0.200)" in flags
+    assert "accepted rows 450 → 350" in flags
+    assert "schema share 10.0% → 30.0%" in flags
+    assert changes(night(450, 0.3), night(440, 0.28)) == []  # small moves are not news
