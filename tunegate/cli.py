@@ -65,8 +65,16 @@ def _table(title: str, rows: list[dict[str, Any]]) -> Table:
 
 @app.command()
 def validate(config: ConfigArg) -> None:
-    """Check a pipeline YAML; every bad key is reported with its path and reason."""
+    """Check a pipeline YAML and its sources; every bad key or unreadable source is reported,
+    and a compute dtype this machine's device cannot run."""
+    from tunegate.preflight import check_sources
+
     cfg = _config(config, runnable=True)
+    try:
+        check_sources(cfg, config)
+    except ConfigError as exc:
+        err.print(f"[red]invalid config[/red] {exc}", soft_wrap=True)  # paths whole
+        raise typer.Exit(1) from None
     console.print(f"[green]ok[/green] {config} (config hash {cfg.config_hash()[:16]})")
 
 
@@ -82,7 +90,17 @@ def run(
     The terminal shows one line per stage and the summary; progress bars, warnings and
     Prefect's logs go to `reports/<run id>/run.log`.
     """
-    cfg = _config(config, runnable=True)  # fail fast, before Prefect starts
+    from tunegate.precision import pick_device
+
+    try:  # fail fast, before Prefect starts
+        cfg = load_config(config)
+        check_runnable(cfg, pick_device(), str(config))
+    except ConfigError as exc:
+        from tunegate.preflight import record_failed_start
+
+        record_failed_start("pipeline", config, exc)  # a failed night is in the lineage too
+        err.print(f"[red]invalid config[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
     from flows.pipeline import pipeline
     from tunegate.lineage import new_id
     from tunegate.runlog import quiet_run
@@ -128,6 +146,30 @@ def run(
         console.print(f"[bold]{name}[/bold] {value}", soft_wrap=True)
     if not summary["promoted"]:
         raise typer.Exit(3)
+
+
+@app.command()
+def notify(
+    webhook_url: Annotated[str, typer.Argument(help="URL the webhook POSTs JSON to.")],
+    on: Annotated[
+        list[str] | None,
+        typer.Option(help="Run status that notifies (repeat; default: refused and failed)."),
+    ] = None,
+    allow_private_urls: Annotated[
+        bool, typer.Option(help="Allow a webhook on a private or loopback address.")
+    ] = False,
+) -> None:
+    """Create the Prefect webhook block and automation that report refused or failed runs."""
+    from flows.notify import setup_notifications
+
+    on = on or ["refused", "failed"]
+    bad = sorted(set(on) - {"promoted", "refused", "failed"})
+    if bad:
+        err.print(f"[red]unknown status[/red] {', '.join(bad)} (promoted, refused, failed)")
+        raise typer.Exit(1)
+    block_id, automation_id = setup_notifications(webhook_url, on, allow_private_urls)
+    console.print(f"webhook block {block_id}, automation {automation_id}: runs that end "
+                  f"{' or '.join(on)} POST to {webhook_url}", soft_wrap=True)  # fmt: skip
 
 
 @app.command()
@@ -290,6 +332,36 @@ def verdicts(
         for col in ("messages_json", "stage", "duplicate_of", "cluster_id", "eval_item", "raw"):
             r.pop(col)
     console.print(_table(f"verdicts of {run_id}", rows))
+
+
+@app.command()
+def runs(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    limit: Annotated[int, typer.Option(help="Last N pipeline runs.")] = 30,
+    trends: Annotated[
+        Path | None, typer.Option(help="Also write DIR/trends.html (e.g. --trends reports).")
+    ] = None,
+) -> None:
+    """Pipeline runs, oldest first: status, rows, rejections, gates, adapter, what changed."""
+    from tunegate.run_history import run_history
+    from tunegate.trends_report import night_rows, write_trends
+
+    nights = run_history(_lineage(workspace), limit)
+    rows = [
+        {"run": n.run_id, "started (UTC)": f"{n.started_at:%Y-%m-%d %H:%M}", "status": n.status,
+         "duration s": "" if n.duration_s is None else round(n.duration_s),
+         "rows in / accepted": f"{n.rows_in} / {n.accepted}",
+         "rejected": ", ".join(f"{k} {v}" for k, v in sorted(n.rejected.items())),
+         "gates": ", ".join(f"{g.gate} {'pass' if g.passed else 'FAIL'} {g.value:+.3f}"
+                            for g in n.gates),
+         "promoted": (n.promoted_adapter or "")[:12],
+         "changed (and why a run failed)": "; ".join(
+             flags + ([n.detail or ""] if n.status == "failed" else []))}
+        for n, flags in reversed(night_rows(nights))
+    ]  # fmt: skip
+    console.print(_table(f"{len(nights)} pipeline runs in {workspace}", rows))
+    if trends is not None:
+        console.print(f"trends report: {write_trends(trends, nights)}", soft_wrap=True)
 
 
 @app.command("lineage")
