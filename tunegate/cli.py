@@ -27,6 +27,9 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # nothing downloads at ru
     os.environ.setdefault(var, "1")
 # Nor phones home: offline, Prefect's telemetry would log an ERROR on every temporary server.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect waits 20 s for its temporary server; on 2 busy cores its start measured longer
+# ("Timed out while attempting to connect to ephemeral Prefect API server").
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _config(path: Path, runnable: bool = False) -> PipelineConfig:
