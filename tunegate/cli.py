@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunegate.config import ConfigError, PipelineConfig, load_config
@@ -356,13 +357,49 @@ def review_serve(
     run_id: RunOpt = None,
     host: str = "127.0.0.1",
     port: int = 8765,
+    reviewer: Annotated[
+        list[str] | None,
+        typer.Option(help="Reviewer name; a token is generated for each and printed once."),
+    ] = None,
+    tokens: Annotated[
+        Path | None, typer.Option(help="File of `NAME TOKEN` lines: tokens set up beforehand.")
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None, typer.Option(help="Another Host name the page answers to.")
+    ] = None,
+    max_body_kb: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024,
 ) -> None:
-    """A local web page listing pending rows with accept / reject / edit."""
-    from tunegate.review.web import serve
+    """A local web page listing pending rows with accept / reject / edit (token sign-in)."""
+    import getpass
+
+    from tunegate.review.guard import LOOPBACK_NAMES, Guard, load_tokens, new_tokens
+    from tunegate.review.web import bind_warning, serve
 
     lineage = _lineage(workspace)
-    console.print(f"review page at http://{host}:{port}/ (Ctrl-C stops)")
-    serve(lineage, run_id, host, port)
+    try:
+        configured = load_tokens(tokens) if tokens else {}
+        generated = new_tokens(reviewer or ([] if tokens else [getpass.getuser()]))
+        hosts = {*LOOPBACK_NAMES, *(allow_host or [])}
+        if host not in ("0.0.0.0", "::"):
+            hosts.add(host)
+        guard = Guard(configured | generated, hosts, max_body_bytes=max_body_kb * 1024)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot start the review page:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    warning = bind_warning(host, guard)
+    if warning:
+        err.print(f"[yellow]{escape(warning)}[/yellow]")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
+    console.print(f"review page at {base} (Ctrl-C stops)", markup=False, highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    if tokens:
+        console.print(f"sign in with a token of {tokens}: {base}?token=TOKEN", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    for token, name in generated.items():  # printed once: they live as long as the server
+        console.print(f"  sign-in link for {name}: {base}?token={token}", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    serve(lineage, guard, run_id, host, port)
 
 
 @review_app.command("export")
