@@ -33,7 +33,7 @@ def _config(path: Path) -> PipelineConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        err.print(f"[red]invalid config[/red] {exc}")
+        err.print(f"[red]invalid config[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -48,12 +48,17 @@ def _lineage(workspace: Path):
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """Rows as a table; a value too wide for its column (a path, an id) is folded, never cut."""
-    table = Table(title=title, title_justify="left")
+    """Rows as a table; a value too wide for its column (a path, an id) is folded, never cut.
+
+    Values are escaped: a role `[/bold]` or `[link=...]` in a row is text, not rich markup.
+    """
+    table = Table(title=escape(title), title_justify="left")
     for col in rows[0] if rows else []:
-        table.add_column(str(col), overflow="fold")
+        table.add_column(escape(str(col)), overflow="fold")
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(
+            *(f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row.values())
+        )
     return table
 
 
@@ -84,8 +89,8 @@ def run(config: ConfigArg = Path("pipeline.yaml")) -> None:
     )
     for task, score in summary["general"].items():
         table.add_row(f"{task} base → adapter", f"{score['base']:.3f} → {score['adapter']:.3f}")
-    table.add_row("gate", summary["gate"])
-    table.add_row("decision", summary["reason"])
+    table.add_row("gate", escape(str(summary["gate"])))
+    table.add_row("decision", escape(str(summary["reason"])))
     console.print(table)
     # Ids and paths whole (soft_wrap), to copy into `tunegate lineage` or a browser: a table
     # cuts them to the terminal's width.
@@ -115,7 +120,7 @@ def curate(config: ConfigArg) -> None:
         result = triage.result
     except CurationError as exc:
         lineage.end_run(run_id, "failed", str(exc))
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     lineage.end_run(run_id, "completed")
     rows = [
@@ -166,7 +171,9 @@ def train_cmd(
     try:
         row = lineage.snapshot(snapshot)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red] (`tunegate run` or `tunegate curate` writes snapshots)")
+        err.print(
+            f"[red]{escape(str(exc))}[/red] (`tunegate run` or `tunegate curate` writes snapshots)"
+        )
         raise typer.Exit(1) from None
     snap = Snapshot(row["snapshot_id"], Path(row["path"]), ())
     with procs.main_process_first():  # the embedded model is de-quantized once, by the main one
@@ -178,7 +185,7 @@ def train_cmd(
     except (TrainError, ValueError) as exc:
         if main:
             lineage.end_run(run_id, "failed", str(exc))
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     if main:
         lineage.end_run(run_id, "completed")
@@ -203,7 +210,7 @@ def export_cmd(
     try:
         model, gguf_file = export_adapter(_lineage(workspace), adapter, merged, gguf, gguf_type)
     except ExportError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"merged model {model.sha256[:16]} in {model.path}")
     if gguf_file is not None:
@@ -270,7 +277,7 @@ def lineage_cmd(
     try:
         chain = _lineage(workspace).chain(adapter_id)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     if as_json:
         console.print_json(json.dumps(chain, default=str))
@@ -325,7 +332,7 @@ def inspect_cmd(
     try:
         record = _lineage(workspace or cfg.workspace_dir).record(row_id)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
     shown = inspect_row(load_tokenizer(model_dir), json.loads(record["messages_json"]), ids)
@@ -342,7 +349,7 @@ def inspect_cmd(
         console.print(f"  message {turn.message}: tokens {turn.start}-{turn.stop}, "
                       f"{turn.trained} answer tokens trained, {stop}")  # fmt: skip
     if shown.error:
-        err.print(f"[red]the trainer cannot use this row:[/red] {shown.error}")
+        err.print(f"[red]the trainer cannot use this row:[/red] {escape(str(shown.error))}")
         raise typer.Exit(1)
 
 
@@ -415,7 +422,7 @@ def review_export(
     try:
         n = export_queue(_lineage(workspace), out, run_id)
     except ReviewError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"wrote {n} pending row(s) to {out}")
 
@@ -433,12 +440,12 @@ def review_import(
     try:
         summary = import_decisions(_lineage(workspace), path, reviewer)
     except ReviewError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"applied {summary.applied}, kept for later runs {summary.kept}, "
                   f"without decision {summary.blank}, errors {len(summary.errors)}")  # fmt: skip
     for line in summary.errors:
-        err.print(f"[red]{line}[/red]")
+        err.print(f"[red]{escape(line)}[/red]")
     if summary.errors:
         raise typer.Exit(1)
 
@@ -472,7 +479,7 @@ def promote(
     try:
         decision = promote_adapter(_lineage(workspace), adapter, alias, force=force, reason=reason)
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     _decision_exit(decision)
 
@@ -490,7 +497,7 @@ def rollback(
     try:
         decision = rollback_alias(_lineage(workspace), alias, reason)
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     _decision_exit(decision)
 

@@ -165,8 +165,8 @@ class Funnel:
         positions: list[int] = []
         for k, item in enumerate(chunk):
             if isinstance(item, Rejected):
-                verdicts[k] = Verdict(item.source, item.row, None, "ingest", "rejected", "schema",
-                                      item.detail, raw=item.raw)  # fmt: skip
+                verdicts[k] = Verdict(item.source, item.row, None, "ingest", "rejected",
+                                      item.reason, item.detail, raw=item.raw)  # fmt: skip
                 ingest.rejected += 1
             else:
                 records.append(item)
