@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -108,19 +109,23 @@ def curate(config: ConfigArg) -> None:
     from tunegate import stages
     from tunegate.curate import CurationError
     from tunegate.curate import curate as curate_rows
+    from tunegate.faults import fault_point
     from tunegate.quality.template import load_tokenizer
     from tunegate.review.stage import review_synthetic
+    from tunegate.runs import guard_run
 
     lineage = stages.open_lineage(cfg)
     run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
     try:
-        base = stages.prepare_base_model(cfg, lineage)  # its tokenizer runs the template gate
-        result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
-        triage = review_synthetic(cfg, lineage, run_id, result, base.path)
-        result = triage.result
+        with guard_run(lineage, run_id):  # any other error ends the run `failed`, then raises
+            base = stages.prepare_base_model(cfg, lineage)  # its tokenizer: the template gate
+            fault_point("base_model")
+            result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
+            triage = review_synthetic(cfg, lineage, run_id, result, base.path)
+            result = triage.result
+            fault_point("curated")
     except CurationError as exc:
-        lineage.end_run(run_id, "failed", str(exc))
-        err.print(f"[red]{escape(str(exc))}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # paths whole
         raise typer.Exit(1) from None
     lineage.end_run(run_id, "completed")
     rows = [
@@ -158,6 +163,7 @@ def train_cmd(
     from tunegate import stages
     from tunegate.lineage import LineageError
     from tunegate.models import resolve_base_model
+    from tunegate.runs import guard_run
     from tunegate.snapshot import Snapshot
     from tunegate.train import TrainError, is_main_process, process_state
 
@@ -181,10 +187,10 @@ def train_cmd(
                 else resolve_base_model(cfg.model.base_model, cfg.workspace_dir))  # fmt: skip
     run_id = lineage.start_run("train", cfg.config_hash(), cfg.model_dump_json()) if main else ""
     try:
-        result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap, out)
+        with guard_run(lineage, run_id) if main else contextlib.nullcontext():
+            result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap,
+                                           out)  # fmt: skip
     except (TrainError, ValueError) as exc:
-        if main:
-            lineage.end_run(run_id, "failed", str(exc))
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     if main:
@@ -230,15 +236,18 @@ def verdicts(
 ) -> None:
     """List row verdicts of a run, or export the rejected rows for fixing."""
     lineage = _lineage(workspace)
-    if run_id is None:
-        latest = lineage.query(
-            "SELECT run_id FROM row_verdicts JOIN runs USING (run_id) "
-            "ORDER BY started_at DESC LIMIT 1"
-        )
-        if not latest:
-            err.print("[red]no verdicts recorded yet[/red]")
+    unfinished = {r["run_id"]: r for r in lineage.unfinished_runs()}
+    if run_id is None:  # the latest run that finished: an unfinished one's verdicts are partial
+        latest = lineage.latest_finished_run()
+        if latest is None:
+            err.print("[red]no finished run with verdicts yet[/red]")
             raise typer.Exit(1)
-        run_id = latest[0]["run_id"]
+        run_id = latest["run_id"]
+        for r in unfinished.values():
+            if r["started_at"] > latest["started_at"]:
+                err.print(f"note: newer run {r['run_id']} {_unfinished(r)}; --run to see it",
+                          markup=False, soft_wrap=True)  # fmt: skip
+    _report_conservation(lineage, run_id, unfinished.get(run_id))
     sql = (
         "SELECT v.source, v.source_row, v.status, v.reason, v.detail, v.stage, v.duplicate_of, "
         "v.cluster_id, v.eval_item, v.raw, r.messages_json "
@@ -263,6 +272,28 @@ def verdicts(
         for col in ("messages_json", "stage", "duplicate_of", "cluster_id", "eval_item", "raw"):
             r.pop(col)
     console.print(_table(f"verdicts of {run_id}", rows))
+
+
+def _unfinished(run: dict[str, Any]) -> str:
+    state = {True: "is still running", False: "was abandoned (its process is gone)",
+             None: "has not finished"}[run["alive"]]  # fmt: skip
+    return f"{state}: {run['verdicts']} partial verdict(s)"
+
+
+def _report_conservation(lineage: Any, run_id: str, unfinished: dict[str, Any] | None) -> None:
+    """Input rows = accepted + rejected, checked for a finished run, reported for another."""
+    (run,) = lineage.query("SELECT status FROM runs WHERE run_id = ?", [run_id]) or [None]
+    n = lineage.query(
+        "SELECT (SELECT count(*) FROM row_verdicts WHERE run_id = ?) AS verdicts, "
+        "(SELECT sum(n_rows) FROM sources WHERE run_id = ?) AS rows_in",
+        [run_id, run_id])[0]  # fmt: skip
+    if unfinished is not None or (run and run["status"] == "abandoned"):
+        err.print(f"WARNING: run {run_id} did not finish ({run and run['status']}): "
+                  f"{n['verdicts']} verdict(s) recorded, input size unknown; not conserved",
+                  markup=False, soft_wrap=True)  # fmt: skip
+    elif n["rows_in"] is not None and n["rows_in"] != n["verdicts"]:
+        err.print(f"WARNING: run {run_id}: {n['rows_in']} rows in, {n['verdicts']} verdicts: "
+                  "conservation broken", markup=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command("lineage")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.config import PipelineConfig
+from tunegate.faults import fault_point
 from tunegate.ingest import Rejected, SourceError, file_sha256, ingest_file, source_files
 from tunegate.lineage import Lineage, Verdict
 from tunegate.quality.checks import BatchCheck, RowCheck
@@ -253,6 +254,7 @@ def curate(
             for batch in funnel.run(_rows(config, result.files)):
                 writer.add(batch.verdicts, batch.accepted)
         writer.close()  # everything in the database (or the write's error raised)
+        fault_point("verdicts_written")
     finally:
         writer.shutdown()
         accepted_records.close()
