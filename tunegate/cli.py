@@ -38,14 +38,20 @@ def _config(path: Path) -> PipelineConfig:
         raise typer.Exit(1) from None
 
 
-def _lineage(workspace: Path):
-    from tunegate.lineage import Lineage
+def _lineage(workspace: Path, read_only: bool = False):
+    """The workspace's lineage; `read_only` for commands that only read (a read-only copy of a
+    workspace works); a damaged file is refused with the way to recover, not a traceback."""
+    from tunegate.lineage import Lineage, LineageError
 
     db = workspace / "lineage.duckdb"
     if not db.is_file():
         err.print(f"[red]no lineage database at {db}[/red] (run `tunegate run` first)")
         raise typer.Exit(1)
-    return Lineage(db)
+    try:
+        return Lineage(db, read_only=read_only)
+    except LineageError as exc:
+        err.print(str(exc), markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
@@ -235,7 +241,7 @@ def verdicts(
     limit: int = 50,
 ) -> None:
     """List row verdicts of a run, or export the rejected rows for fixing."""
-    lineage = _lineage(workspace)
+    lineage = _lineage(workspace, read_only=True)
     unfinished = {r["run_id"]: r for r in lineage.unfinished_runs()}
     if run_id is None:  # the latest run that finished: an unfinished one's verdicts are partial
         latest = lineage.latest_finished_run()
@@ -306,7 +312,7 @@ def lineage_cmd(
     from tunegate.lineage import LineageError
 
     try:
-        chain = _lineage(workspace).chain(adapter_id)
+        chain = _lineage(workspace, read_only=True).chain(adapter_id)
     except LineageError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
@@ -451,7 +457,7 @@ def review_export(
     from tunegate.review.stage import ReviewError
 
     try:
-        n = export_queue(_lineage(workspace), out, run_id)
+        n = export_queue(_lineage(workspace, read_only=True), out, run_id)
     except ReviewError as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
@@ -542,7 +548,7 @@ def registry_list(workspace: WorkspaceOpt = Path(".tunegate")) -> None:
     """Every alias, the adapter it points at, and the decision that put it there."""
     rows = [{"alias": r["alias"], "adapter": r["adapter_id"][:16], "since": r["updated_at"],
              "by": r["actor"], "decision": r["decision"]}
-            for r in _lineage(workspace).aliases()]  # fmt: skip
+            for r in _lineage(workspace, read_only=True).aliases()]  # fmt: skip
     console.print(_table("aliases", rows) if rows else "no alias points at an adapter yet")
 
 
@@ -552,7 +558,7 @@ def registry_show(alias: Annotated[str, typer.Argument(help="Registry alias.")],
     """An alias's adapter: path, files digest, its latest gates and whether it may ship."""
     from tunegate.registry import release_check
 
-    lineage = _lineage(workspace)
+    lineage = _lineage(workspace, read_only=True)
     entry = next((a for a in lineage.aliases() if a["alias"] == alias), None)
     if entry is None:
         err.print(f"[red]alias {alias!r} points at no adapter[/red]")
@@ -574,7 +580,8 @@ def registry_history(alias: Annotated[str, typer.Argument(help="Registry alias."
     """Every decision about an alias, oldest first: promotions, forced ones, rollbacks, refusals."""
     rows = [{"when": r["created_at"], "decision": r["decision"], "adapter": r["adapter_id"][:12],
              "from": (r["previous_adapter_id"] or "")[:12], "by": r["actor"],
-             "reason": r["reason"]} for r in _lineage(workspace).alias_history(alias)]  # fmt: skip
+             "reason": r["reason"]}
+            for r in _lineage(workspace, read_only=True).alias_history(alias)]  # fmt: skip
     console.print(_table(f"history of {alias}", rows) if rows else f"no decision about {alias!r}")
 
 
@@ -598,7 +605,7 @@ def gate_check(
         err.print("give an ADAPTER or --alias, not both")
         raise typer.Exit(2)
     try:
-        check = release_check(_lineage(workspace), alias=alias, ref=adapter)
+        check = release_check(_lineage(workspace, read_only=True), alias=alias, ref=adapter)
     except RegistryError as exc:
         err.print(f"release gate: FAIL {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -615,3 +622,66 @@ def gate_check(
 
 if __name__ == "__main__":
     app()
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The lineage database: check, back up, restore.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("check")
+def db_check(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    deep: Annotated[bool, typer.Option(help="Read every block (DuckDB checksums).")] = False,
+) -> None:
+    """Exit 0 if the lineage file is whole (and, with --deep, every block reads back)."""
+    from tunegate.lineage import Lineage, damaged_message
+
+    db = workspace / "lineage.duckdb"
+    if not db.is_file():
+        err.print(f"no lineage database at {db}", markup=False)
+        raise typer.Exit(1)
+    why = Lineage.unchecked(db).damage(deep=deep)
+    if why:
+        err.print(damaged_message(str(db), why), markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"ok {db}" + (" (every block read)" if deep else ""), markup=False)
+
+
+@db_app.command("backup")
+def db_backup(
+    out: Annotated[Path, typer.Argument(help="Folder for one Parquet file per table.")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Save every table as Parquet (a damaged file: every table still readable); exit 1 if
+    some table could not be read."""
+    from tunegate.lineage import Lineage
+
+    db = workspace / "lineage.duckdb"
+    if not db.is_file():
+        err.print(f"no lineage database at {db}", markup=False)
+        raise typer.Exit(1)
+    summary = Lineage.unchecked(db).backup(out)  # as is, even damaged
+    rows = sum(summary["tables"].values())
+    console.print(f"backed up {len(summary['tables'])} tables ({rows} rows) to {out}",
+                  markup=False, soft_wrap=True)  # fmt: skip
+    for table, why in summary["unreadable"].items():
+        err.print(f"unreadable: {table}: {why}", markup=False, soft_wrap=True)
+    if summary["unreadable"]:
+        raise typer.Exit(1)
+
+
+@db_app.command("restore")
+def db_restore(
+    backup: Annotated[Path, typer.Argument(help="A `tunegate db backup` folder.")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Rebuild the lineage file from a backup (move a damaged file aside first)."""
+    from tunegate.lineage import LineageError, restore_lineage
+
+    try:
+        restored = restore_lineage(backup, workspace / "lineage.duckdb")
+    except (LineageError, OSError, ValueError) as exc:
+        err.print(f"cannot restore: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"restored {sum(restored.values())} rows into {workspace / 'lineage.duckdb'}",
+                  markup=False, soft_wrap=True)  # fmt: skip
