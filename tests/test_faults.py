@@ -76,3 +76,29 @@ def test_an_error_inside_a_run_ends_it_failed_with_the_error(workspace):
     assert "empty.parquet: cannot read this file" in res.stderr
     (run,) = Lineage(ws / "lineage.duckdb").query("SELECT status, detail FROM runs")
     assert run["status"] == "failed" and "empty.parquet: cannot read" in run["detail"]
+
+
+def test_a_full_disk_ends_the_run_not_in_a_lie(workspace, tmp_path):
+    """ENOSPC on a small tmpfs workspace: the run fails or is abandoned, never left `running`."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): " + mounted.stderr.decode().strip())
+    try:
+        rows = [{"instruction": f"Question {i} " + "word " * 60, "output": f"Answer {i}."}
+                for i in range(20_000)]  # fmt: skip
+        (workspace / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cfg = yaml.safe_load((workspace / "pipeline.yaml").read_text())
+        cfg["workspace"] = str(disk / "ws")
+        (workspace / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+        res = tunegate("curate", str(workspace / "pipeline.yaml"))
+        assert res.returncode != 0
+        assert "No space left" in res.stderr or "space" in res.stderr.lower(), res.stderr[-2000:]
+        assert "Traceback" not in res.stderr
+        lineage = Lineage(disk / "ws" / "lineage.duckdb", read_only=True)
+        (run,) = lineage.query("SELECT status, detail FROM runs")
+        assert run["status"] == "failed" and "No space left" in run["detail"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, check=False)

@@ -130,7 +130,7 @@ def curate(config: ConfigArg) -> None:
             triage = review_synthetic(cfg, lineage, run_id, result, base.path)
             result = triage.result
             fault_point("curated")
-    except CurationError as exc:
+    except (CurationError, OSError) as exc:  # OSError: a full disk, say (the run is `failed`)
         err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # paths whole
         raise typer.Exit(1) from None
     lineage.end_run(run_id, "completed")

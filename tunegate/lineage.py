@@ -243,9 +243,10 @@ class Lineage:
         return lineage
 
     def damage(self, deep: bool = False) -> str | None:
-        """Why the file is damaged, or None. Always: it opens, and it is as long as its header
-        says (a truncated copy is not); `deep`: every block of every table is read, so
-        DuckDB verifies each block's checksum (slow on a big file: `tunegate db check --deep`)."""
+        """Why the file is damaged, or None. Always: it opens, and every block its tables use
+        lies inside the file (a truncated copy fails here); `deep`: every block of every table
+        is read, so DuckDB verifies each block's checksum (slow on a big file: `db check
+        --deep`)."""
         with self._lock:  # no read-write connection of this process is open meanwhile
             return self._damage(deep)
 
@@ -255,14 +256,21 @@ class Lineage:
         except duckdb.Error as exc:
             return f"it does not open ({exc})"
         try:
-            block, blocks = con.execute(
-                "SELECT block_size, total_blocks FROM pragma_database_size()"
-            ).fetchone()
-            need, size = _HEADER_BYTES + block * blocks, Path(self.path).stat().st_size
-            if size < need:
-                return f"it is {size:,} bytes, its header says {need:,}: the file was cut short"
+            (block,) = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
+            tables = [
+                r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+            ]
+            last = con.execute(" UNION ALL ".join(
+                f"SELECT max(block_id) FROM pragma_storage_info('{t}')" for t in tables
+            )).fetchall() if tables else []  # fmt: skip
+            top = max((r[0] for r in last if r[0] is not None), default=-1)
+            need, size = _HEADER_BYTES + block * (top + 1), Path(self.path).stat().st_size
+            wal = Path(self.path + ".wal")  # not yet checkpointed: blocks may live there only
+            if size < need and not (wal.is_file() and wal.stat().st_size > 0):
+                return (f"it is {size:,} bytes, but its tables use blocks up to byte {need:,}: "
+                        "the file was cut short")  # fmt: skip
             if deep:
-                for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+                for table in tables:
                     # hashing each whole row reads every column's blocks, inside DuckDB
                     con.execute(f'SELECT bit_xor(hash(t)) FROM "{table}" AS t').fetchone()
         except duckdb.Error as exc:
