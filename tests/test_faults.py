@@ -102,3 +102,25 @@ def test_a_full_disk_ends_the_run_not_in_a_lie(workspace, tmp_path):
         assert run["status"] == "failed" and "No space left" in run["detail"]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, check=False)
+
+
+def test_only_runs_whose_process_is_gone_are_reaped(tmp_path):
+    from tunegate.runs import guard_run, reap_abandoned
+
+    lineage = Lineage(tmp_path / "lineage.duckdb")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    runs = {name: lineage.start_run(name, "h", "{}") for name in ("dead", "alive", "elsewhere")}
+    lineage.query("UPDATE run_owners SET pid = ? WHERE run_id = ?", [gone.pid, runs["dead"]])
+    lineage.query("UPDATE run_owners SET host = 'other-host' WHERE run_id = ?",
+                  [runs["elsewhere"]])  # fmt: skip
+    (tmp_path / "curation" / runs["dead"]).mkdir(parents=True)
+    assert reap_abandoned(lineage, tmp_path) == [runs["dead"]]
+    status = {r["run_id"]: r["status"] for r in lineage.query("SELECT run_id, status FROM runs")}
+    assert status == {runs["dead"]: "abandoned", runs["alive"]: "running",
+                      runs["elsewhere"]: "running"}  # fmt: skip
+    assert not (tmp_path / "curation" / runs["dead"]).exists()
+    with pytest.raises(KeyError), guard_run(lineage, runs["alive"]):
+        {}["boom"]  # noqa: B018 (a bug in a stage)
+    (row,) = lineage.query("SELECT status, detail FROM runs WHERE run_id = ?", [runs["alive"]])
+    assert row == {"status": "failed", "detail": "KeyError: 'boom'"}

@@ -422,7 +422,11 @@ def review_serve(
     lineage = _lineage(workspace)
     try:
         configured = load_tokens(tokens) if tokens else {}
-        generated = new_tokens(reviewer or ([] if tokens else [getpass.getuser()]))
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container user with no name
+            user = "reviewer"
+        generated = new_tokens(reviewer or ([] if tokens else [user]))
         hosts = {*LOOPBACK_NAMES, *(allow_host or [])}
         if host not in ("0.0.0.0", "::"):
             hosts.add(host)

@@ -32,6 +32,9 @@ def reap_abandoned(lineage: Lineage, workspace: Path) -> list[str]:
             f"owner process {run['pid']} on {run['host']} ended without finishing the run "
             f"(killed or crashed); {run['verdicts']} partial verdict(s) kept, not conserved",
         )  # fmt: skip
+        for t in lineage.query("SELECT training_run_id FROM training_runs WHERE run_id = ? "
+                               "AND status = 'running'", [run["run_id"]]):  # fmt: skip
+            lineage.end_training(t["training_run_id"], "abandoned", {})
         shutil.rmtree(workspace / "curation" / run["run_id"], ignore_errors=True)
         reaped.append(run["run_id"])
     return reaped
