@@ -121,6 +121,6 @@ def test_only_runs_whose_process_is_gone_are_reaped(tmp_path):
                       runs["elsewhere"]: "running"}  # fmt: skip
     assert not (tmp_path / "curation" / runs["dead"]).exists()
     with pytest.raises(KeyError), guard_run(lineage, runs["alive"]):
-        {}["boom"]  # noqa: B018 (a bug in a stage)
+        {}["boom"]  # a bug in a stage
     (row,) = lineage.query("SELECT status, detail FROM runs WHERE run_id = ?", [runs["alive"]])
     assert row == {"status": "failed", "detail": "KeyError: 'boom'"}
