@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -42,27 +43,38 @@ def _config(path: Path, runnable: bool = False) -> PipelineConfig:
             check_runnable(config, pick_device(), str(path))
         return config
     except ConfigError as exc:
-        err.print(f"[red]invalid config[/red] {exc}")
+        err.print(f"[red]invalid config[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
-def _lineage(workspace: Path):
-    from tunegate.lineage import Lineage
+def _lineage(workspace: Path, read_only: bool = False):
+    """The workspace's lineage; `read_only` for commands that only read (a read-only copy of a
+    workspace works); a damaged file is refused with the way to recover, not a traceback."""
+    from tunegate.lineage import Lineage, LineageError
 
     db = workspace / "lineage.duckdb"
     if not db.is_file():
         err.print(f"[red]no lineage database at {db}[/red] (run `tunegate run` first)")
         raise typer.Exit(1)
-    return Lineage(db)
+    try:
+        return Lineage(db, read_only=read_only)
+    except LineageError as exc:
+        err.print(str(exc), markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """Rows as a table; a value too wide for its column (a path, an id) is folded, never cut."""
-    table = Table(title=title, title_justify="left")
+    """Rows as a table; a value too wide for its column (a path, an id) is folded, never cut.
+
+    Values are escaped: a role `[/bold]` or `[link=...]` in a row is text, not rich markup.
+    """
+    table = Table(title=escape(title), title_justify="left")
     for col in rows[0] if rows else []:
-        table.add_column(str(col), overflow="fold")
+        table.add_column(escape(str(col)), overflow="fold")
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(
+            *(f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row.values())
+        )
     return table
 
 
@@ -139,8 +151,8 @@ def run(
     )
     for task, score in summary["general"].items():
         table.add_row(f"{task} base → adapter", f"{score['base']:.3f} → {score['adapter']:.3f}")
-    table.add_row("gate", summary["gate"])
-    table.add_row("decision", summary["reason"])
+    table.add_row("gate", escape(str(summary["gate"])))
+    table.add_row("decision", escape(str(summary["reason"])))
     console.print(table)
     # Ids and paths whole (soft_wrap), to copy into `tunegate lineage` or a browser: a table
     # cuts them to the terminal's width.
@@ -182,19 +194,23 @@ def curate(config: ConfigArg) -> None:
     from tunegate import stages
     from tunegate.curate import CurationError
     from tunegate.curate import curate as curate_rows
+    from tunegate.faults import fault_point
     from tunegate.quality.template import load_tokenizer
     from tunegate.review.stage import review_synthetic
+    from tunegate.runs import guard_run
 
     lineage = stages.open_lineage(cfg)
     run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
     try:
-        base = stages.prepare_base_model(cfg, lineage)  # its tokenizer runs the template gate
-        result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
-        triage = review_synthetic(cfg, lineage, run_id, result, base.path)
-        result = triage.result
-    except CurationError as exc:
-        lineage.end_run(run_id, "failed", str(exc))
-        err.print(f"[red]{exc}[/red]")
+        with guard_run(lineage, run_id):  # any other error ends the run `failed`, then raises
+            base = stages.prepare_base_model(cfg, lineage)  # its tokenizer: the template gate
+            fault_point("base_model")
+            result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
+            triage = review_synthetic(cfg, lineage, run_id, result, base.path)
+            result = triage.result
+            fault_point("curated")
+    except (CurationError, OSError) as exc:  # OSError: a full disk, say (the run is `failed`)
+        err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # paths whole
         raise typer.Exit(1) from None
     lineage.end_run(run_id, "completed")
     rows = [
@@ -232,6 +248,7 @@ def train_cmd(
     from tunegate import stages
     from tunegate.lineage import LineageError
     from tunegate.models import resolve_base_model
+    from tunegate.runs import guard_run
     from tunegate.snapshot import Snapshot
     from tunegate.train import TrainError, is_main_process, process_state
 
@@ -245,7 +262,9 @@ def train_cmd(
     try:
         row = lineage.snapshot(snapshot)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red] (`tunegate run` or `tunegate curate` writes snapshots)")
+        err.print(
+            f"[red]{escape(str(exc))}[/red] (`tunegate run` or `tunegate curate` writes snapshots)"
+        )
         raise typer.Exit(1) from None
     snap = Snapshot(row["snapshot_id"], Path(row["path"]), ())
     with procs.main_process_first():  # the embedded model is de-quantized once, by the main one
@@ -253,11 +272,11 @@ def train_cmd(
                 else resolve_base_model(cfg.model.base_model, cfg.workspace_dir))  # fmt: skip
     run_id = lineage.start_run("train", cfg.config_hash(), cfg.model_dump_json()) if main else ""
     try:
-        result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap, out)
+        with guard_run(lineage, run_id) if main else contextlib.nullcontext():
+            result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap,
+                                           out)  # fmt: skip
     except (TrainError, ValueError) as exc:
-        if main:
-            lineage.end_run(run_id, "failed", str(exc))
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     if main:
         lineage.end_run(run_id, "completed")
@@ -282,7 +301,7 @@ def export_cmd(
     try:
         model, gguf_file = export_adapter(_lineage(workspace), adapter, merged, gguf, gguf_type)
     except ExportError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"merged model {model.sha256[:16]} in {model.path}")
     if gguf_file is not None:
@@ -301,16 +320,19 @@ def verdicts(
     limit: int = 50,
 ) -> None:
     """List row verdicts of a run, or export the rejected rows for fixing."""
-    lineage = _lineage(workspace)
-    if run_id is None:
-        latest = lineage.query(
-            "SELECT run_id FROM row_verdicts JOIN runs USING (run_id) "
-            "ORDER BY started_at DESC LIMIT 1"
-        )
-        if not latest:
-            err.print("[red]no verdicts recorded yet[/red]")
+    lineage = _lineage(workspace, read_only=True)
+    unfinished = {r["run_id"]: r for r in lineage.unfinished_runs()}
+    if run_id is None:  # the latest run that finished: an unfinished one's verdicts are partial
+        latest = lineage.latest_finished_run()
+        if latest is None:
+            err.print("[red]no finished run with verdicts yet[/red]")
             raise typer.Exit(1)
-        run_id = latest[0]["run_id"]
+        run_id = latest["run_id"]
+        for r in unfinished.values():
+            if r["started_at"] > latest["started_at"]:
+                err.print(f"note: newer run {r['run_id']} {_unfinished(r)}; --run to see it",
+                          markup=False, soft_wrap=True)  # fmt: skip
+    _report_conservation(lineage, run_id, unfinished.get(run_id))
     sql = (
         "SELECT v.source, v.source_row, v.status, v.reason, v.detail, v.stage, v.duplicate_of, "
         "v.cluster_id, v.eval_item, v.raw, r.messages_json "
@@ -349,7 +371,7 @@ def runs(
     from tunegate.run_history import run_history
     from tunegate.trends_report import night_rows, write_trends
 
-    nights = run_history(_lineage(workspace), limit)
+    nights = run_history(_lineage(workspace, read_only=True), limit)
     rows = [
         {"run": n.run_id, "started (UTC)": f"{n.started_at:%Y-%m-%d %H:%M}", "status": n.status,
          "duration s": "" if n.duration_s is None else round(n.duration_s),
@@ -367,6 +389,28 @@ def runs(
         console.print(f"trends report: {write_trends(trends, nights)}", soft_wrap=True)
 
 
+def _unfinished(run: dict[str, Any]) -> str:
+    state = {True: "is still running", False: "was abandoned (its process is gone)",
+             None: "has not finished"}[run["alive"]]  # fmt: skip
+    return f"{state}: {run['verdicts']} partial verdict(s)"
+
+
+def _report_conservation(lineage: Any, run_id: str, unfinished: dict[str, Any] | None) -> None:
+    """Input rows = accepted + rejected, checked for a finished run, reported for another."""
+    (run,) = lineage.query("SELECT status FROM runs WHERE run_id = ?", [run_id]) or [None]
+    n = lineage.query(
+        "SELECT (SELECT count(*) FROM row_verdicts WHERE run_id = ?) AS verdicts, "
+        "(SELECT sum(n_rows) FROM sources WHERE run_id = ?) AS rows_in",
+        [run_id, run_id])[0]  # fmt: skip
+    if unfinished is not None or (run and run["status"] == "abandoned"):
+        err.print(f"WARNING: run {run_id} did not finish ({run and run['status']}): "
+                  f"{n['verdicts']} verdict(s) recorded, input size unknown; not conserved",
+                  markup=False, soft_wrap=True)  # fmt: skip
+    elif n["rows_in"] is not None and n["rows_in"] != n["verdicts"]:
+        err.print(f"WARNING: run {run_id}: {n['rows_in']} rows in, {n['verdicts']} verdicts: "
+                  "conservation broken", markup=False, soft_wrap=True)  # fmt: skip
+
+
 @app.command("lineage")
 def lineage_cmd(
     adapter_id: Annotated[str, typer.Argument(help="Adapter id (a unique prefix is enough).")],
@@ -377,9 +421,9 @@ def lineage_cmd(
     from tunegate.lineage import LineageError
 
     try:
-        chain = _lineage(workspace).chain(adapter_id)
+        chain = _lineage(workspace, read_only=True).chain(adapter_id)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     if as_json:
         console.print_json(json.dumps(chain, default=str))
@@ -434,7 +478,7 @@ def inspect_cmd(
     try:
         record = _lineage(workspace or cfg.workspace_dir).record(row_id)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
     shown = inspect_row(load_tokenizer(model_dir), json.loads(record["messages_json"]), ids)
@@ -451,7 +495,7 @@ def inspect_cmd(
         console.print(f"  message {turn.message}: tokens {turn.start}-{turn.stop}, "
                       f"{turn.trained} answer tokens trained, {stop}")  # fmt: skip
     if shown.error:
-        err.print(f"[red]the trainer cannot use this row:[/red] {shown.error}")
+        err.print(f"[red]the trainer cannot use this row:[/red] {escape(str(shown.error))}")
         raise typer.Exit(1)
 
 
@@ -466,13 +510,53 @@ def review_serve(
     run_id: RunOpt = None,
     host: str = "127.0.0.1",
     port: int = 8765,
+    reviewer: Annotated[
+        list[str] | None,
+        typer.Option(help="Reviewer name; a token is generated for each and printed once."),
+    ] = None,
+    tokens: Annotated[
+        Path | None, typer.Option(help="File of `NAME TOKEN` lines: tokens set up beforehand.")
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None, typer.Option(help="Another Host name the page answers to.")
+    ] = None,
+    max_body_kb: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024,
 ) -> None:
-    """A local web page listing pending rows with accept / reject / edit."""
-    from tunegate.review.web import serve
+    """A local web page listing pending rows with accept / reject / edit (token sign-in)."""
+    import getpass
+
+    from tunegate.review.guard import LOOPBACK_NAMES, Guard, load_tokens, new_tokens
+    from tunegate.review.web import bind_warning, serve
 
     lineage = _lineage(workspace)
-    console.print(f"review page at http://{host}:{port}/ (Ctrl-C stops)")
-    serve(lineage, run_id, host, port)
+    try:
+        configured = load_tokens(tokens) if tokens else {}
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container user with no name
+            user = "reviewer"
+        generated = new_tokens(reviewer or ([] if tokens else [user]))
+        hosts = {*LOOPBACK_NAMES, *(allow_host or [])}
+        if host not in ("0.0.0.0", "::"):
+            hosts.add(host)
+        guard = Guard(configured | generated, hosts, max_body_bytes=max_body_kb * 1024)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot start the review page:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    warning = bind_warning(host, guard)
+    if warning:
+        err.print(f"[yellow]{escape(warning)}[/yellow]")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
+    console.print(f"review page at {base} (Ctrl-C stops)", markup=False, highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    if tokens:
+        console.print(f"sign in with a token of {tokens}: {base}?token=TOKEN", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    for token, name in generated.items():  # printed once: they live as long as the server
+        console.print(f"  sign-in link for {name}: {base}?token={token}", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    serve(lineage, guard, run_id, host, port)
 
 
 @review_app.command("export")
@@ -486,9 +570,9 @@ def review_export(
     from tunegate.review.stage import ReviewError
 
     try:
-        n = export_queue(_lineage(workspace), out, run_id)
+        n = export_queue(_lineage(workspace, read_only=True), out, run_id)
     except ReviewError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"wrote {n} pending row(s) to {out}")
 
@@ -506,12 +590,12 @@ def review_import(
     try:
         summary = import_decisions(_lineage(workspace), path, reviewer)
     except ReviewError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"applied {summary.applied}, kept for later runs {summary.kept}, "
                   f"without decision {summary.blank}, errors {len(summary.errors)}")  # fmt: skip
     for line in summary.errors:
-        err.print(f"[red]{line}[/red]")
+        err.print(f"[red]{escape(line)}[/red]")
     if summary.errors:
         raise typer.Exit(1)
 
@@ -545,7 +629,7 @@ def promote(
     try:
         decision = promote_adapter(_lineage(workspace), adapter, alias, force=force, reason=reason)
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     _decision_exit(decision)
 
@@ -563,7 +647,7 @@ def rollback(
     try:
         decision = rollback_alias(_lineage(workspace), alias, reason)
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     _decision_exit(decision)
 
@@ -577,7 +661,7 @@ def registry_list(workspace: WorkspaceOpt = Path(".tunegate")) -> None:
     """Every alias, the adapter it points at, and the decision that put it there."""
     rows = [{"alias": r["alias"], "adapter": r["adapter_id"][:16], "since": r["updated_at"],
              "by": r["actor"], "decision": r["decision"]}
-            for r in _lineage(workspace).aliases()]  # fmt: skip
+            for r in _lineage(workspace, read_only=True).aliases()]  # fmt: skip
     console.print(_table("aliases", rows) if rows else "no alias points at an adapter yet")
 
 
@@ -587,7 +671,7 @@ def registry_show(alias: Annotated[str, typer.Argument(help="Registry alias.")],
     """An alias's adapter: path, files digest, its latest gates and whether it may ship."""
     from tunegate.registry import release_check
 
-    lineage = _lineage(workspace)
+    lineage = _lineage(workspace, read_only=True)
     entry = next((a for a in lineage.aliases() if a["alias"] == alias), None)
     if entry is None:
         err.print(f"[red]alias {alias!r} points at no adapter[/red]")
@@ -609,7 +693,8 @@ def registry_history(alias: Annotated[str, typer.Argument(help="Registry alias."
     """Every decision about an alias, oldest first: promotions, forced ones, rollbacks, refusals."""
     rows = [{"when": r["created_at"], "decision": r["decision"], "adapter": r["adapter_id"][:12],
              "from": (r["previous_adapter_id"] or "")[:12], "by": r["actor"],
-             "reason": r["reason"]} for r in _lineage(workspace).alias_history(alias)]  # fmt: skip
+             "reason": r["reason"]}
+            for r in _lineage(workspace, read_only=True).alias_history(alias)]  # fmt: skip
     console.print(_table(f"history of {alias}", rows) if rows else f"no decision about {alias!r}")
 
 
@@ -633,7 +718,7 @@ def gate_check(
         err.print("give an ADAPTER or --alias, not both")
         raise typer.Exit(2)
     try:
-        check = release_check(_lineage(workspace), alias=alias, ref=adapter)
+        check = release_check(_lineage(workspace, read_only=True), alias=alias, ref=adapter)
     except RegistryError as exc:
         err.print(f"release gate: FAIL {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -650,3 +735,66 @@ def gate_check(
 
 if __name__ == "__main__":
     app()
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The lineage database: check, back up, restore.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("check")
+def db_check(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    deep: Annotated[bool, typer.Option(help="Read every block (DuckDB checksums).")] = False,
+) -> None:
+    """Exit 0 if the lineage file is whole (and, with --deep, every block reads back)."""
+    from tunegate.lineage import Lineage, damaged_message
+
+    db = workspace / "lineage.duckdb"
+    if not db.is_file():
+        err.print(f"no lineage database at {db}", markup=False)
+        raise typer.Exit(1)
+    why = Lineage.unchecked(db).damage(deep=deep)
+    if why:
+        err.print(damaged_message(str(db), why), markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"ok {db}" + (" (every block read)" if deep else ""), markup=False)
+
+
+@db_app.command("backup")
+def db_backup(
+    out: Annotated[Path, typer.Argument(help="Folder for one Parquet file per table.")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Save every table as Parquet (a damaged file: every table still readable); exit 1 if
+    some table could not be read."""
+    from tunegate.lineage import Lineage
+
+    db = workspace / "lineage.duckdb"
+    if not db.is_file():
+        err.print(f"no lineage database at {db}", markup=False)
+        raise typer.Exit(1)
+    summary = Lineage.unchecked(db).backup(out)  # as is, even damaged
+    rows = sum(summary["tables"].values())
+    console.print(f"backed up {len(summary['tables'])} tables ({rows} rows) to {out}",
+                  markup=False, soft_wrap=True)  # fmt: skip
+    for table, why in summary["unreadable"].items():
+        err.print(f"unreadable: {table}: {why}", markup=False, soft_wrap=True)
+    if summary["unreadable"]:
+        raise typer.Exit(1)
+
+
+@db_app.command("restore")
+def db_restore(
+    backup: Annotated[Path, typer.Argument(help="A `tunegate db backup` folder.")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Rebuild the lineage file from a backup (move a damaged file aside first)."""
+    from tunegate.lineage import LineageError, restore_lineage
+
+    try:
+        restored = restore_lineage(backup, workspace / "lineage.duckdb")
+    except (LineageError, OSError, ValueError) as exc:
+        err.print(f"cannot restore: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"restored {sum(restored.values())} rows into {workspace / 'lineage.duckdb'}",
+                  markup=False, soft_wrap=True)  # fmt: skip

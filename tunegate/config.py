@@ -50,6 +50,22 @@ class SourceConfig(Section):
         description="Canonical key -> this source's key, e.g. `{output: response}` for rows "
         "that keep the answer under `response` (self-instruct predictions).",
     )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of JSON / JSONL / CSV files (e.g. `cp1252`); a row not valid "
+        "in it is a `schema` rejection naming the byte offset, never decoded with U+FFFD.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}") from None
+        return value
 
 
 class DataConfig(Section):
@@ -57,6 +73,12 @@ class DataConfig(Section):
     min_accepted_rows: int = Field(
         50, ge=1, description="Fewer accepted rows than this blocks the run: nothing to learn from."
     )
+    max_row_bytes: int = Field(
+        1 << 20, ge=1024,
+        description="A row larger than this (bytes of its line or CSV record; characters for "
+        "JSON arrays and parsed Parquet rows) is rejected `too_long` without being held in "
+        "memory: one hostile 50 MB line must not take the run's memory.",
+    )  # fmt: skip
 
 
 class DedupConfig(Section):

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.config import PipelineConfig
-from tunegate.ingest import Rejected, file_sha256, ingest_file, source_files
+from tunegate.faults import fault_point
+from tunegate.ingest import Rejected, SourceError, file_sha256, ingest_file, source_files
 from tunegate.lineage import Lineage, Verdict
 from tunegate.quality.checks import BatchCheck, RowCheck
 from tunegate.quality.contamination import Contamination, EvalIndex
@@ -135,13 +136,22 @@ def _close(stages: Sequence[object]) -> None:
 
 def _rows(config: PipelineConfig, files: list[dict[str, object]]) -> Iterator[Record | Rejected]:
     """Every row of every source file in order; a file's entry is added once it is read."""
+    limit = config.data.max_row_bytes
     for src in config.data.sources:
-        for path in source_files(config.resolve(src.path)):
+        try:
+            paths = source_files(config.resolve(src.path))
+        except OSError as exc:
+            raise CurationError(f"source {src.path}: {exc}") from None
+        for path in paths:
             n_rows = 0
-            for item in ingest_file(path, src.format, src.origin, src.fields):
-                n_rows += 1
-                yield item
-            sha = file_sha256(path)
+            try:
+                for item in ingest_file(path, src.format, src.origin, src.fields, limit,
+                                        src.encoding):  # fmt: skip
+                    n_rows += 1
+                    yield item
+                sha = file_sha256(path)
+            except (SourceError, OSError) as exc:  # one clear error for the source, no traceback
+                raise CurationError(f"source {src.path}: {exc}") from None
             entry = {"path": str(path), "sha256": sha, "format": src.format, "origin": src.origin}
             files.append({**entry, "rows": n_rows})
 
@@ -244,6 +254,7 @@ def curate(
             for batch in funnel.run(_rows(config, result.files)):
                 writer.add(batch.verdicts, batch.accepted)
         writer.close()  # everything in the database (or the write's error raised)
+        fault_point("verdicts_written")
     finally:
         writer.shutdown()
         accepted_records.close()

@@ -12,6 +12,9 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,23 +73,48 @@ def embedded_gguf() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock held while one process prepares the model; others wait, then reuse."""
+    import fcntl
+
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def materialize_embedded(target: Path) -> Path:
-    """De-quantize the embedded GGUF into a safetensors directory (once; ~20 s on CPU)."""
+    """De-quantize the embedded GGUF into a safetensors directory (once; ~20 s on CPU).
+
+    Under a lock: a second run racing the first waits and finds the model made. Leftover
+    `.partial` folders (a run killed while writing) are removed first.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    gguf = embedded_gguf()
-    log.info("de-quantizing %s into %s", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
-    )
-    tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(
-        json.dumps({"ref": EMBEDDED_MODEL, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)})
-    )
-    tmp.rename(target)  # atomic: a killed run never leaves a half-written model behind
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(target.name + ".lock")):
+        if (target / MARKER).is_file():  # another run made it while this one waited
+            return target
+        for stale in target.parent.glob(target.name + ".partial*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():  # no marker: an interrupted copy from before, never complete
+            shutil.rmtree(target)
+        gguf = embedded_gguf()
+        log.info("de-quantizing %s into %s", gguf.name, target)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps(
+            {"ref": EMBEDDED_MODEL, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)}
+        ))  # fmt: skip
+        tmp.rename(target)  # atomic: a killed run never leaves a half-written model behind
     return target
 
 
@@ -95,7 +123,6 @@ def resolve_base_model(ref: str, workspace: Path) -> BaseModel:
     if ref == EMBEDDED_MODEL:
         path = workspace / "models" / "smollm2-135m-instruct"
         if not (path / MARKER).is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
             materialize_embedded(path)
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser().resolve()
@@ -113,9 +140,13 @@ def resolve_base_model(ref: str, workspace: Path) -> BaseModel:
 
 
 def _cached_sha(path: Path) -> str:
-    """Weights sha256, cached next to the weights keyed by their sizes and mtimes."""
+    """Weights sha256, cached next to the weights keyed by each file's inode, size, mtime and
+    ctime: bytes rewritten in place with the old size and mtime put back (`touch -d`) still
+    move the ctime, which no user can set, so the hash is computed again."""
     stamp = [
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors"))
+        (f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        for f in sorted(path.glob("*.safetensors"))
+        for st in [f.stat()]
     ]
     cache = path / ".tunegate_sha256.json"
     try:

@@ -6,6 +6,7 @@ whether it runs inside a deployment or from a terminal.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,16 @@ from tunegate.train import TrainResult, train_adapter
 
 
 def open_lineage(config: PipelineConfig) -> Lineage:
-    return Lineage(config.workspace_dir / "lineage.duckdb")
+    """The workspace's lineage, for a command that writes: runs whose process died are marked
+    `abandoned` first (and their spool files removed)."""
+    from tunegate.runs import reap_abandoned
+
+    lineage = Lineage(config.workspace_dir / "lineage.duckdb")
+    for run_id in reap_abandoned(lineage, config.workspace_dir):
+        logging.getLogger(__name__).warning(
+            "run %s was abandoned by its process: marked `abandoned`", run_id
+        )
+    return lineage
 
 
 def snapshot_records(
