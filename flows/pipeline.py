@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
+from tunegate.chat import load_tokenizer
 from tunegate.config import PipelineConfig, load_config
 from tunegate.curate import CurationResult, curate
 from tunegate.eval_report import metric_rows, write_eval_report
@@ -25,7 +26,6 @@ from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
 from tunegate.promote import Decision
 from tunegate.quality.report import stage_funnel_markdown
-from tunegate.quality.template import load_tokenizer
 from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
@@ -42,7 +42,7 @@ def curate_data(
 ) -> CurationResult:
     """Ingest, contract, dedup, then the chat-template gate with the base tokenizer."""
     started = now()
-    result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path))
+    result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path, config))
     _stage(lineage, run_id, "curate", started, rows=result.n_input, accepted=len(result.accepted))
     create_markdown_artifact(
         funnel_markdown(result.n_input, result.reasons) + "\n\n"

@@ -100,19 +100,19 @@ def curate(config: ConfigArg) -> None:
     """Run curation alone and print the funnel (every row gets a verdict)."""
     cfg = _config(config)
     from tunegate import stages
+    from tunegate.chat import ChatError, load_tokenizer
     from tunegate.curate import CurationError
     from tunegate.curate import curate as curate_rows
-    from tunegate.quality.template import load_tokenizer
     from tunegate.review.stage import review_synthetic
 
     lineage = stages.open_lineage(cfg)
     run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
     try:
         base = stages.prepare_base_model(cfg, lineage)  # its tokenizer runs the template gate
-        result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
+        result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path, cfg))
         triage = review_synthetic(cfg, lineage, run_id, result, base.path)
         result = triage.result
-    except CurationError as exc:
+    except (CurationError, ChatError) as exc:
         lineage.end_run(run_id, "failed", str(exc))
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -316,18 +316,22 @@ def inspect_cmd(
     ids: Annotated[bool, typer.Option("--ids", help="Print each token's id too.")] = False,
 ) -> None:
     """Show a row as the trainer sees it: trained tokens in green, token and label counts."""
+    from tunegate.chat import ChatError, chat_findings, end_of_turn, load_tokenizer
     from tunegate.lineage import LineageError
     from tunegate.models import resolve_base_model
-    from tunegate.quality.template import inspect_row, load_tokenizer
+    from tunegate.quality.template import inspect_row
 
     cfg = _config(config)
     try:
         record = _lineage(workspace or cfg.workspace_dir).record(row_id)
-    except LineageError as exc:
+        model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
+        tokenizer = load_tokenizer(model_dir, cfg)
+        end = end_of_turn(tokenizer, cfg.model.end_of_turn)
+    except (LineageError, ChatError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
-    shown = inspect_row(load_tokenizer(model_dir), json.loads(record["messages_json"]), ids)
+    messages = json.loads(record["messages_json"])
+    shown = inspect_row(tokenizer, messages, ids, end)
     console.rule(f"record {record['record_id'][:16]} ({record['origin']})")
     console.print(shown.text, highlight=False, markup=False)
     console.rule()
@@ -340,6 +344,9 @@ def inspect_cmd(
         stop = "stop token trained" if turn.eos_trained else "[red]stop token NOT trained[/red]"
         console.print(f"  message {turn.message}: tokens {turn.start}-{turn.stop}, "
                       f"{turn.trained} answer tokens trained, {stop}")  # fmt: skip
+    console.print(f"end of turn {end.text!r} ({end.source})", highlight=False)
+    for finding in chat_findings(tokenizer, end):  # about the model, not this row
+        console.print(f"[yellow]model[/yellow] {finding['message']}", highlight=False)
     if shown.error:
         err.print(f"[red]the trainer cannot use this row:[/red] {shown.error}")
         raise typer.Exit(1)

@@ -7,8 +7,9 @@ computed in training; it differs from the full-precision base by the NF4 roundin
 was trained with.
 
 Two formats:
-- `merge_adapter`: a safetensors model directory with its tokenizer, loadable by plain
-  transformers (and vLLM, TGI, ...), with `export.json` naming what it was made from;
+- `merge_adapter`: a safetensors model directory with its tokenizer and the adapter's generation
+  config (stop tokens = the trained end of turn), loadable by plain transformers (and vLLM,
+  TGI, ...), with `export.json` naming what it was made from;
 - `write_gguf`: that directory as one GGUF file (F32 or F16) for llama.cpp, written with the
   `gguf` package for Llama-architecture models with a byte-level BPE tokenizer (transformers
   reads GGUF but has no writer, and llama.cpp's converter is not a package).
@@ -63,7 +64,7 @@ def load_trained_base(base_dir: Path, quantization: str) -> PreTrainedModel:
 def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> MergedModel:
     """Write base + adapter as one standalone safetensors model directory."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} already exists and is not empty")
@@ -78,6 +79,8 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> MergedMod
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
+    if (adapter_dir / "generation_config.json").is_file():  # stops at the trained end of turn
+        GenerationConfig.from_pretrained(adapter_dir).save_pretrained(out_dir)
     sha = sha256_dir(out_dir)
     info = {"merged_sha256": sha, "adapter_id": manifest["adapter_id"],
             "base_model": manifest["base_model"], "base_dequantized_from": manifest["quantization"],
