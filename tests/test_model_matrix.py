@@ -1,0 +1,178 @@
+"""Bring your own model: every mainstream family, base and instruct, trains right.
+
+Tiny random models of each architecture with the family's REAL tokenizer and official
+template (`tests/model_matrix.py`). For each: the template gate accepts every clean sample
+row; the labels are exactly the answer plus the family's end-of-turn token, after exactly one
+BOS; padding-free batches give each row the logits it gets alone (sliding windows, Gemma's
+soft-capping, tied embeddings); and (slow) QLoRA trains 2 steps, the adapter's generation
+config stops at the end of turn, the merged export matches base + adapter, and GGUF export
+works or refuses clearly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_config
+from model_matrix import FAMILIES, Family, build_model
+from test_sample_data import planted_defects
+
+from tunegate.chat import end_of_turn, load_tokenizer, render_ids, tokenize_chat
+from tunegate.curate import curate_records
+from tunegate.quality.template import TEMPLATE_REASONS, template_checks, template_probe
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+IDS = [f.name for f in FAMILIES]
+SYSTEM = "Classify the support ticket. Reply with JSON only, keys: intent, priority, order_id."
+CHATS = [
+    [{"role": "system", "content": SYSTEM},
+     {"role": "user", "content": "Where is my order A12345? It has not moved in a week."},
+     {"role": "assistant", "content": '{"intent": "shipping_delay", "priority": "high"}'}],
+    [{"role": "user", "content": "How do I reset my password?"},
+     {"role": "assistant", "content": "Use the 'Forgot password' link on the login page."},
+     {"role": "user", "content": "And if I no longer have that email?"},
+     {"role": "assistant", "content": "Contact support with your account id."}],
+]  # fmt: skip
+# Qwen3's template opens the last answer with an empty think block (its generation prompt
+# writes "<think>\n\n", the answer closes it), and drops it from earlier answers: multi-turn
+# rows render differently in context (`template_parity`).
+ANSWER_PREFIX = {"qwen3": "</think>\n\n"}  # its generation prompt opens "<think>\n\n"
+
+
+def config_for(family: Family, tmp_path: Path, **overrides: object):
+    return make_config(tmp_path, [{"path": str(REPO / "datasets" / "raw")}],
+                       model=family.pipeline_model(), **overrides)  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=IDS)
+def family(request, tmp_path_factory):
+    """(family, model dir, config, tokenizer as the pipeline loads it), built once per family."""
+    fam = request.param
+    model_dir = build_model(fam)
+    cfg = config_for(fam, tmp_path_factory.mktemp(fam.name), contamination={"enabled": False})
+    return fam, model_dir, cfg, load_tokenizer(model_dir, cfg)
+
+
+def chats_for(family: Family) -> list[list[dict[str, str]]]:
+    return CHATS[:1] if family.template == "qwen3" else CHATS
+
+
+def labelled_spans(ids: list[int], mask: list[int]) -> list[list[int]]:
+    spans: list[list[int]] = []
+    for i, bit in enumerate(mask):
+        if bit and (i == 0 or not mask[i - 1]):
+            spans.append([])
+        if bit:
+            spans[-1].append(ids[i])
+    return spans
+
+
+def test_labels_are_the_answer_and_the_familys_end_of_turn(family):
+    fam, _, _, tokenizer = family
+    end = end_of_turn(tokenizer)
+    assert end.text == fam.end and end.source == "template"
+    prefix = ANSWER_PREFIX.get(fam.template, "")
+    for messages in chats_for(fam):
+        chat = tokenize_chat(tokenizer, messages, end)
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        spans = labelled_spans(chat.input_ids, chat.assistant_mask)
+        assert len(spans) == len(answers)
+        for span, answer in zip(spans, answers, strict=True):
+            assert span[-len(end.ids) :] == list(end.ids)
+            text = tokenizer.decode(span[: -len(end.ids)])
+            assert text.strip() == (prefix + answer).strip(), (text, answer)
+        bos = tokenizer.bos_token_id
+        if bos is not None and fam.template != "chatml":  # one BOS, first, whatever the family
+            assert chat.input_ids[0] == bos and chat.input_ids.count(bos) == 1
+
+
+def test_padding_free_batches_give_each_row_its_own_logits(family):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    _, model_dir, _, tokenizer = family
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows = [render_ids(tokenizer, m) for m in CHATS]
+    window = getattr(model.config, "sliding_window", None) or 0
+    assert min(map(len, rows)) > window  # the window, where there is one, is in play
+    collate = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)
+    batch = collate([{"input_ids": r} for r in rows])
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       use_cache=False).logits[0]  # fmt: skip
+        alone = [model(input_ids=torch.tensor([r]), use_cache=False).logits[0] for r in rows]
+    torch.testing.assert_close(packed, torch.cat(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_the_template_gate_accepts_every_clean_sample_row(family):
+    fam, _, cfg, tokenizer = family
+    checks = template_checks(cfg, tokenizer)
+    result = curate_records(cfg, checks=checks)
+    planted = {key for key, (kind, _) in planted_defects().items() if kind == "control_token"}
+    wrong = [(Path(v.source).name, v.source_row, v.reason, v.detail) for v in result.verdicts
+             if v.reason in TEMPLATE_REASONS
+             and (Path(v.source).name, v.source_row) not in planted]  # fmt: skip
+    assert not wrong
+    assert len(result.accepted) >= 400
+    codes = {f["code"] for f in template_probe(checks).findings}
+    assert ("double_bos" in codes) == (fam.tokenizer in ("llama3", "gemma", "mistral", "phi3"))
+    assert ("end_of_turn_is_not_eos" in codes) == (fam.eos != fam.end)
+
+
+# -- slow: QLoRA, export ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_qlora_trains_and_the_export_stops_at_the_end_of_turn(family, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from tunegate.export import ExportError, load_trained_base, merge_adapter, write_gguf
+    from tunegate.models import BaseModel, sha256_dir
+    from tunegate.snapshot import write_snapshot
+
+    fam, model_dir, _, tokenizer = family
+    cfg = config_for(
+        fam, tmp_path,
+        train={"max_steps": 2, "batch_size": 2, "gradient_accumulation_steps": 1,
+               "validation_fraction": 0.0, "checkpoint_steps": 0, "compute_dtype": "float32",
+               "learning_rate": 0.01, "logging_steps": 1},
+        lora={"r": 4, "alpha": 8},
+    )  # fmt: skip
+    from tunegate.records import Record
+
+    records = [Record(tuple((m["role"], m["content"]) for m in c), "human", "x", k)
+               for k, c in enumerate(chats_for(fam) * 2)]  # fmt: skip
+    snap = write_snapshot(records, tmp_path / "snapshots")
+    base = BaseModel(str(model_dir), model_dir, sha256_dir(model_dir))
+    from tunegate.train import train_adapter
+
+    result = train_adapter(cfg, base, snap.path, tmp_path / "adapter")
+    assert result.steps == 2
+    manifest = json.loads((result.adapter_dir / "manifest.json").read_text())
+    end_id = tokenizer.convert_tokens_to_ids(fam.end)
+    assert manifest["chat"]["end_of_turn"] == fam.end
+    stops = GenerationConfig.from_pretrained(result.adapter_dir).eos_token_id
+    assert (stops if isinstance(stops, list) else [stops])[0] == end_id
+
+    merged = merge_adapter(result.adapter_dir, model_dir, tmp_path / "merged")
+    stops = GenerationConfig.from_pretrained(merged.path).eos_token_id
+    assert (stops if isinstance(stops, list) else [stops])[0] == end_id
+    ids = torch.tensor([render_ids(tokenizer, CHATS[0])])
+    with torch.no_grad():
+        standalone = AutoModelForCausalLM.from_pretrained(merged.path).eval()(input_ids=ids)
+        trained = PeftModel.from_pretrained(load_trained_base(model_dir, "nf4"),
+                                            result.adapter_dir).eval()(input_ids=ids)  # fmt: skip
+    torch.testing.assert_close(standalone.logits, trained.logits, atol=1e-4, rtol=1e-4)
+
+    gguf = tmp_path / "model.gguf"
+    if fam.arch == "llama":
+        assert write_gguf(merged.path, gguf, "f32") == gguf and gguf.stat().st_size > 0
+    else:
+        with pytest.raises(ExportError, match=re.escape(f"not {fam.arch!r}")):
+            write_gguf(merged.path, gguf, "f32")
