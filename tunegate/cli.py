@@ -112,6 +112,8 @@ def curate(config: ConfigArg) -> None:
         result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path, cfg))
         triage = review_synthetic(cfg, lineage, run_id, result, base.path)
         result = triage.result
+        # the rows accepted now, as `tunegate train` takes them (`--snapshot`, default latest)
+        snap = stages.snapshot_records(cfg, lineage, run_id, result.accepted)
     except (CurationError, ChatError) as exc:
         lineage.end_run(run_id, "failed", str(exc))
         err.print(f"[red]{exc}[/red]")
@@ -127,9 +129,12 @@ def curate(config: ConfigArg) -> None:
                                               for r in stage_rows(result.stats)]))  # fmt: skip
     if result.report is not None:
         console.print(f"quality report: {result.report}")
+    console.print(f"snapshot {snap.snapshot_id} ({len(snap.record_ids)} rows) {snap.path}: "
+                  f"tunegate train {config}", soft_wrap=True)  # fmt: skip
     if triage.queued:
         console.print(f"{len(triage.queued)} row(s) wait for review (`review_pending` until "
-                      f"accepted): tunegate review serve --run {run_id}")  # fmt: skip
+                      "accepted; not in this snapshot): "
+                      f"tunegate review serve --run {run_id}")  # fmt: skip
 
 
 @app.command("train")
