@@ -176,3 +176,28 @@ def test_qlora_trains_and_the_export_stops_at_the_end_of_turn(family, tmp_path):
     else:
         with pytest.raises(ExportError, match=re.escape(f"not {fam.arch!r}")):
             write_gguf(merged.path, gguf, "f32")
+
+
+def test_an_untrained_end_of_turn_is_refused_before_training(tmp_path):
+    """Llama 3 base never trained `<|eot_id|>` (its row is zero): the adapter could not stop."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunegate.models import BaseModel, sha256_dir
+    from tunegate.train import TrainError, train_adapter
+
+    fam = next(f for f in FAMILIES if f.name == "llama3-base")
+    model_dir = tmp_path / "llama3-base-untrained"
+    shutil.copytree(build_model(fam), model_dir)
+    cfg = config_for(fam, tmp_path)
+    eot = load_tokenizer(model_dir, cfg).convert_tokens_to_ids("<|eot_id|>")
+    weights = load_file(model_dir / "model.safetensors")
+    weights["model.embed_tokens.weight"][eot] = 0.0
+    save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+    base = BaseModel(str(model_dir), model_dir, sha256_dir(model_dir))
+    snapshot = tmp_path / "snap.jsonl"
+    snapshot.write_text(json.dumps({"messages": CHATS[0]}) + "\n")
+    with pytest.raises(TrainError, match=r"'<\|eot_id\|>' \(id 128009, model.embed_tokens.weight\)"
+                       r" is untrained in the base model"):  # fmt: skip
+        train_adapter(cfg, base, snapshot, tmp_path / "adapter")

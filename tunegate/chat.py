@@ -296,6 +296,50 @@ def tokenize_chat(
     return TokenizedChat(full, mask)
 
 
+# -- the base weights -----------------------------------------------------------------------------
+
+
+def untrained_rows(model_dir: Path, ids: Sequence[int]) -> dict[int, str]:
+    """Token ids whose embedding or LM-head row is (near) zero in the base weights.
+
+    Pretraining never saw such a token (Llama 3 base's `<|eot_id|>`): its row stayed at zero,
+    so the model can neither read nor predict it, and LoRA on the linear layers cannot teach
+    it. A row whose largest value is below 1/1000 of the typical row's counts as untrained.
+    """
+    from safetensors import safe_open
+
+    found: dict[int, str] = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                if not name.endswith(("embed_tokens.weight", "lm_head.weight")):
+                    continue
+                matrix = f.get_slice(name)
+                n_rows = matrix.get_shape()[0]
+                sample = matrix[: min(n_rows, 4096)].abs().amax(dim=1)
+                floor = float(sample.median()) * 1e-3
+                for i in ids:
+                    if i < n_rows and float(matrix[i : i + 1].abs().amax()) <= floor:
+                        found.setdefault(i, name)
+    return found
+
+
+def check_trained_tokens(model_dir: Path, tokenizer: PreTrainedTokenizerBase,
+                         end: EndOfTurn) -> None:  # fmt: skip
+    """Refuse to train a turn end the base model has never learned (see `untrained_rows`)."""
+    rows = untrained_rows(model_dir, end.ids)
+    if rows:
+        what = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} (id {i}, {name})"
+                         for i, name in rows.items())  # fmt: skip
+        raise ChatFormatError(
+            f"{model_dir}: the end-of-turn token {what} is untrained in the base model (its "
+            "row is zero): LoRA cannot teach the model to produce it, so the adapter would "
+            "never stop. Train from the instruct model, or pick a template whose end of turn "
+            "the base model knows (model.chat_template); training new token rows is not "
+            "supported yet"
+        )
+
+
 # -- findings about the model ---------------------------------------------------------------------
 
 

@@ -156,7 +156,7 @@ def train_cmd(
     """
     from tunegate import stages
     from tunegate.lineage import LineageError
-    from tunegate.models import resolve_base_model
+    from tunegate.models import config_base_model, resolve_base_model
     from tunegate.snapshot import Snapshot
     from tunegate.train import TrainError, is_main_process, process_state
 
@@ -175,7 +175,7 @@ def train_cmd(
     snap = Snapshot(row["snapshot_id"], Path(row["path"]), ())
     with procs.main_process_first():  # the embedded model is de-quantized once, by the main one
         base = (stages.prepare_base_model(cfg, lineage) if main
-                else resolve_base_model(cfg.model.base_model, cfg.workspace_dir))  # fmt: skip
+                else resolve_base_model(config_base_model(cfg), cfg.workspace_dir))  # fmt: skip
     run_id = lineage.start_run("train", cfg.config_hash(), cfg.model_dump_json()) if main else ""
     try:
         result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap, out)
@@ -323,13 +323,13 @@ def inspect_cmd(
     """Show a row as the trainer sees it: trained tokens in green, token and label counts."""
     from tunegate.chat import ChatError, chat_findings, end_of_turn, load_tokenizer
     from tunegate.lineage import LineageError
-    from tunegate.models import resolve_base_model
+    from tunegate.models import config_base_model, resolve_base_model
     from tunegate.quality.template import inspect_row
 
     cfg = _config(config)
     try:
         record = _lineage(workspace or cfg.workspace_dir).record(row_id)
-        model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
+        model_dir = model or resolve_base_model(config_base_model(cfg), cfg.workspace_dir).path
         tokenizer = load_tokenizer(model_dir, cfg)
         end = end_of_turn(tokenizer, cfg.model.end_of_turn)
     except (LineageError, ChatError) as exc:

@@ -26,7 +26,7 @@ from tunegate.evaluate import (
 )
 from tunegate.gates import GateResult, general_drop_gate, heldout_gain_gate
 from tunegate.lineage import Lineage
-from tunegate.models import BaseModel, resolve_base_model
+from tunegate.models import BaseModel, config_base_model, resolve_base_model
 from tunegate.promote import Decision, decide_promotion
 from tunegate.records import Record
 from tunegate.snapshot import Snapshot, write_snapshot
@@ -46,7 +46,7 @@ def snapshot_records(
 
 
 def prepare_base_model(config: PipelineConfig, lineage: Lineage) -> BaseModel:
-    base = resolve_base_model(config.model.base_model, config.workspace_dir)
+    base = resolve_base_model(config_base_model(config), config.workspace_dir)
     lineage.record_base_model(base.sha256, base.ref, str(base.path))
     return base
 

@@ -32,6 +32,7 @@ from tunegate.chat import (
     ChatError,
     EndOfTurn,
     chat_summary,
+    check_trained_tokens,
     end_of_turn,
     load_tokenizer,
     tokenize_chat,
@@ -502,6 +503,7 @@ def train_adapter(
     try:
         tokenizer = load_tokenizer(base.path, config)
         end = end_of_turn(tokenizer, config.model.end_of_turn)
+        check_trained_tokens(base.path, tokenizer, end)
     except ChatError as exc:
         raise TrainError(str(exc)) from None
     conversations = read_snapshot(snapshot_path)
