@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, make_config
-from model_matrix import FAMILIES, Family, build_model
+from model_matrix import BY_NAME, FAMILIES, Family, build_model
 from test_sample_data import planted_defects
 
 from tunegate.chat import end_of_turn, load_tokenizer, render_ids, tokenize_chat
@@ -201,3 +201,33 @@ def test_an_untrained_end_of_turn_is_refused_before_training(tmp_path):
     with pytest.raises(TrainError, match=r"'<\|eot_id\|>' \(id 128009, model.embed_tokens.weight\)"
                        r" is untrained in the base model"):  # fmt: skip
         train_adapter(cfg, base, snapshot, tmp_path / "adapter")
+
+
+EVAL_FAMILIES = [BY_NAME[n] for n in ("llama3-base", "gemma3-base", "mistral-instruct")]
+
+
+@pytest.mark.parametrize("family", EVAL_FAMILIES, ids=[f.name for f in EVAL_FAMILIES],
+                         indirect=True)  # fmt: skip
+def test_the_heldout_eval_feeds_one_bos_and_stops_at_the_end_of_turn(family, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+    from test_evaluate import write_heldout
+
+    from tunegate.evaluate import heldout_tasks, load_model, run_tasks
+
+    fam, model_dir, _, _ = family
+    write_heldout(tmp_path / "heldout.jsonl")
+    cfg = config_for(fam, tmp_path, eval={"heldout_path": "heldout.jsonl", "max_items": 2,
+                                          "max_new_tokens": 2, "batch_size": 2})  # fmt: skip
+    model, tokenizer = load_model(model_dir, None, cfg)
+    generate, _ = heldout_tasks(cfg)
+    end = end_of_turn(tokenizer)
+    results, _ = run_tasks(model, tokenizer, [generate], stop=end.text)
+    sample = results["samples"][generate.name][0]
+    prompt, kwargs = sample["arguments"][0]
+    assert fam.end in kwargs["until"]
+    ids, _ = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1).tok_batch_encode([prompt])
+    bos = tokenizer.bos_token_id
+    assert ids[0].tolist().count(bos) == 1 and ids[0][0] == bos
+    assert ids[0].tolist() == render_ids(tokenizer, [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": sample["doc"]["ticket"]}
+    ], add_generation_prompt=True)  # fmt: skip
