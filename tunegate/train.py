@@ -1,8 +1,8 @@
 """QLoRA training: a curated snapshot in, a LoRA adapter directory with a manifest out.
 
 The recipe reads top to bottom in `train_adapter`:
-  1. tokenize the snapshot with the base model's own chat template, labels on assistant turns
-     only, and set a seeded validation split aside;
+  1. tokenize the snapshot with the configured chat template (`tunegate.chat`), labels on
+     assistant turns and their end-of-turn token only, and set a seeded validation split aside;
   2. load the base model (NF4 with double quantization for QLoRA, else plain weights);
   3. train with TRL's `SFTTrainer`: padding-free micro-batches, loss only where there are
      labels, eval loss every N steps, a checkpoint every N steps in the workspace, and a
