@@ -231,3 +231,16 @@ def test_the_heldout_eval_feeds_one_bos_and_stops_at_the_end_of_turn(family, tmp
     assert ids[0].tolist() == render_ids(tokenizer, [
         {"role": "system", "content": SYSTEM}, {"role": "user", "content": sample["doc"]["ticket"]}
     ], add_generation_prompt=True)  # fmt: skip
+
+
+def test_inspect_keeps_the_spaces_of_every_tokenizer(family):
+    """SentencePiece tokens decoded one by one lose their leading spaces; inspect must not."""
+    from tunegate.quality.template import inspect_row
+
+    fam, _, _, tokenizer = family
+    shown = inspect_row(tokenizer, CHATS[0], end=end_of_turn(tokenizer))
+    plain = shown.text.plain
+    assert CHATS[0][1]["content"] in plain and CHATS[0][2]["content"] in plain
+    green = "".join(plain[s.start : s.end] for s in shown.text.spans if "green" in str(s.style))
+    answer = ANSWER_PREFIX.get(fam.template, "") + CHATS[0][2]["content"] + fam.end
+    assert green.strip() == answer, green
