@@ -244,3 +244,32 @@ def test_inspect_keeps_the_spaces_of_every_tokenizer(family):
     green = "".join(plain[s.start : s.end] for s in shown.text.spans if "green" in str(s.style))
     answer = ANSWER_PREFIX.get(fam.template, "") + CHATS[0][2]["content"] + fam.end
     assert green.strip() == answer, green
+
+
+def test_the_label_only_lm_head_gives_the_models_own_loss_and_gradients(family):
+    """Training scores only labelled positions through TRL's fused head: same loss and
+    gradients as the model's own forward (Gemma's final soft-capping, tied embeddings)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunegate.train import score_label_positions_only
+
+    _, model_dir, _, tokenizer = family
+    chat = tokenize_chat(tokenizer, CHATS[0])
+    ids = torch.tensor([chat.input_ids])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(chat.input_ids, chat.assistant_mask,
+                                                             strict=True)]])  # fmt: skip
+
+    def loss_and_grad(fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if fused:
+            add_fused_lm_head(model)
+            with score_label_positions_only():
+                loss = model(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False).loss
+        else:
+            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), model.get_output_embeddings().weight.grad
+
+    torch.testing.assert_close(loss_and_grad(True), loss_and_grad(False), atol=1e-5, rtol=1e-4)
