@@ -273,3 +273,14 @@ def test_the_label_only_lm_head_gives_the_models_own_loss_and_gradients(family):
         return loss.detach(), model.get_output_embeddings().weight.grad
 
     torch.testing.assert_close(loss_and_grad(True), loss_and_grad(False), atol=1e-5, rtol=1e-4)
+
+
+def test_a_template_whose_markers_the_tokenizer_lacks_is_refused_by_name(tmp_path):
+    """ChatML on a Llama 3 base: `<|im_end|>` is plain text there, the model could not stop."""
+    from tunegate.chat import ChatFormatError
+
+    model_dir = build_model(BY_NAME["llama3-base"])
+    cfg = make_config(tmp_path, [{"path": "x"}], model={"chat_template": "chatml"})
+    with pytest.raises(ChatFormatError, match=re.escape("lacks the template's <|im_start|>, "
+                                                        "<|im_end|>")):  # fmt: skip
+        end_of_turn(load_tokenizer(model_dir, cfg))

@@ -231,14 +231,28 @@ def end_of_turn(tokenizer: PreTrainedTokenizerBase, override: str | None = None)
     while stop < len(tail) and tail[stop] in special:
         stop += 1
     if stop == start:
+        missing = missing_markers(tokenizer)
+        lacks = f" The tokenizer lacks the template's {', '.join(missing)}." if missing else ""
         raise ChatFormatError(
             f"{name}: the chat template writes {after!r} after an assistant message: no special "
-            "token of this tokenizer ends the turn, so the model could not learn to stop. Use a "
-            "template whose turn markers the tokenizer has (model.chat_template), or name the "
-            "end-of-turn token (model.end_of_turn)"
+            f"token of this tokenizer ends the turn, so the model could not learn to stop.{lacks} "
+            "Use a template whose turn markers the tokenizer has (model.chat_template), or name "
+            "the end-of-turn token (model.end_of_turn); adding tokens to a base model is not "
+            "supported yet"
         )
     ids = tuple(tail[start:stop])
     return EndOfTurn(ids, tokenizer.decode(list(ids)), "template")
+
+
+def missing_markers(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Marker-like strings of the template (`<|im_end|>`, `<end_of_turn>`, `[INST]`) that the
+    tokenizer does not have as one token (ChatML given to a Llama 3 base model)."""
+    import re
+
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    found = dict.fromkeys(re.findall(r"<\|[A-Za-z_]+\|>|<[a-z_]+>|\[/?[A-Z_]+\]", template))
+    vocab = tokenizer.get_vocab()
+    return [m for m in found if m not in vocab]
 
 
 def _find_last(seq: Sequence[int], sub: Sequence[int]) -> int | None:
