@@ -283,3 +283,16 @@ def test_inspect_cli_prints_the_row_and_counts(tmp_path, embedded_model_dir):
     assert "trained labels 5" in out.output and "stop token trained" in out.output
     missing = CliRunner().invoke(app, ["inspect", "zzzz", "-c", str(cfg_path)])
     assert missing.exit_code == 1 and "no record" in missing.output
+
+
+def test_model_findings_and_the_end_of_turn_are_in_the_quality_report(tokenizer, tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", rows(5, 0))
+    cfg = config(tmp_path)
+    tok = variant(tokenizer, chat_template="{{ bos_token }}" + tokenizer.chat_template)
+    lineage = Lineage(tmp_path / "l.duckdb")
+    run = lineage.start_run("curate", cfg.config_hash(), "{}")
+    result = curate(cfg, lineage, run, tokenizer=tok)
+    assert assert_conserved(lineage, run, 5) == {"accepted": 5}  # a model fact, not a row's
+    page = result.report.read_text()
+    assert "model: template_repeats_bos" in page and "writes BOS" in page
+    assert "end of turn" in page and "&#x27;&lt;|im_end|&gt;&#x27;" in page
