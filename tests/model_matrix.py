@@ -271,6 +271,8 @@ def build_model(family: Family) -> Path:
     tokenizer = family_tokenizer(family)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(model_config(family, tokenizer), dtype=torch.float32)
+    with torch.no_grad():  # init zeroes the pad row, which may be the end of turn (Llama 3)
+        model.get_input_embeddings().weight[tokenizer.pad_token_id].normal_(0.0, 0.02)
     tmp = out.with_name(family.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
