@@ -284,3 +284,21 @@ def test_a_template_whose_markers_the_tokenizer_lacks_is_refused_by_name(tmp_pat
     with pytest.raises(ChatFormatError, match=re.escape("lacks the template's <|im_start|>, "
                                                         "<|im_end|>")):  # fmt: skip
         end_of_turn(load_tokenizer(model_dir, cfg))
+
+
+def test_gemma2_without_the_fold_is_one_run_level_error_naming_the_first_row(tmp_path):
+    """Gemma 2's template refuses a system turn: one error with the fix, not 400 rejections."""
+    from tunegate.curate import CurationError, curate
+    from tunegate.lineage import Lineage
+
+    fam = BY_NAME["gemma2-instruct"]
+    cfg = make_config(tmp_path, [{"path": str(REPO / "datasets" / "raw")}],
+                      contamination={"enabled": False}, model={"system_role": "keep"})  # fmt: skip
+    tokenizer = load_tokenizer(build_model(fam), cfg)
+    lineage = Lineage(tmp_path / "l.duckdb")
+    run = lineage.start_run("curate", cfg.config_hash(), "{}")
+    with pytest.raises(CurationError) as caught:
+        curate(cfg, lineage, run, tokenizer=tokenizer)
+    message = str(caught.value)
+    assert "fails on row" in message and "tickets_human.jsonl:1:" in message
+    assert "System role not supported" in message and "fold_into_first_user" in message
