@@ -302,3 +302,25 @@ def test_gemma2_without_the_fold_is_one_run_level_error_naming_the_first_row(tmp
     message = str(caught.value)
     assert "fails on row" in message and "tickets_human.jsonl:1:" in message
     assert "System role not supported" in message and "fold_into_first_user" in message
+
+
+@pytest.mark.parametrize(("name", "system_role", "expected"), [
+    ("qwen3-instruct", "keep", "template_parity"),  # earlier answers lose their think block
+    ("mistral-instruct", "keep", "template_parity"),  # system prompt moves to the last turn
+    ("mistral-instruct", "fold_into_first_user", None),
+])  # fmt: skip
+def test_multi_turn_traps(name, system_role, expected, tmp_path):
+    from tunegate.records import Record
+
+    cfg = make_config(tmp_path, [{"path": "x"}], model={"system_role": system_role})
+    tokenizer = load_tokenizer(build_model(BY_NAME[name]), cfg)
+    row = (
+        ("system", "Be brief."),
+        ("user", "Where is my order?"),
+        ("assistant", "It ships tomorrow."),
+        ("user", "And then?"),
+        ("assistant", "Two days."),
+    )
+    record = Record(row, "human", "t.jsonl", 1)
+    reasons = [c.reason for c in template_checks(cfg, tokenizer) if c(record) is not None]
+    assert reasons[:1] == ([expected] if expected else [])
