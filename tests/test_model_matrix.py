@@ -172,7 +172,11 @@ def test_qlora_trains_and_the_export_stops_at_the_end_of_turn(family, tmp_path):
 
     gguf = tmp_path / "model.gguf"
     if fam.arch == "llama":
+        from gguf import GGUFReader
+
         assert write_gguf(merged.path, gguf, "f32") == gguf and gguf.stat().st_size > 0
+        field = GGUFReader(gguf).fields["tokenizer.ggml.pre"]
+        assert bytes(field.parts[field.data[0]]).decode() == "llama-bpe"  # Llama 3's split
     else:
         with pytest.raises(ExportError, match=re.escape(f"not {fam.arch!r}")):
             write_gguf(merged.path, gguf, "f32")

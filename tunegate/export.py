@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from tunegate.lineage import Lineage
 
 EXPORT_INFO = "export.json"
+# Llama 3's pre-tokenizer regex (as JSON-escaped in tokenizer.json): llama.cpp calls it llama-bpe.
+LLAMA3_SPLIT = json.dumps(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)[1:-1]
 GGUF_TYPES = ("f32", "f16")
 
 
@@ -187,6 +192,8 @@ def _write_tokenizer(
     model = tokenizer["model"]
     if model.get("type") != "BPE" or tokenizer.get("decoder", {}).get("type") != "ByteLevel":
         raise ExportError("GGUF export handles byte-level BPE tokenizers only")
+    if pre_tokenizer == "default" and LLAMA3_SPLIT in json.dumps(tokenizer.get("pre_tokenizer")):
+        pre_tokenizer = "llama-bpe"  # Llama 3's split: GPT-2's would tokenize differently
     by_id = {i: t for t, i in model["vocab"].items()}
     control = {t["id"] for t in tokenizer.get("added_tokens", []) if t.get("special")}
     for added in tokenizer.get("added_tokens", []):
