@@ -20,6 +20,7 @@ from prefect.exceptions import MissingContextError
 from flows.notify import announce_run
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
+from tunegate.chat import load_tokenizer
 from tunegate.config import ConfigError, PipelineConfig, load_config
 from tunegate.curate import CurationResult, curate
 from tunegate.eval_report import metric_rows, write_eval_report
@@ -30,7 +31,6 @@ from tunegate.models import BaseModel
 from tunegate.preflight import check_sources, record_failed_start
 from tunegate.promote import Decision
 from tunegate.quality.report import stage_funnel_markdown
-from tunegate.quality.template import load_tokenizer
 from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
 from tunegate.run_history import run_history
 from tunegate.runlog import rate, say, stage_line
@@ -62,7 +62,7 @@ def curate_data(
 ) -> CurationResult:
     """Ingest, contract, dedup, then the chat-template gate with the base tokenizer."""
     started = now()
-    result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path))
+    result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path, config))
     _stage(lineage, run_id, "curate", started, rows=result.n_input, accepted=len(result.accepted))
     rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items()))
     seconds = _seconds(started)

@@ -1,11 +1,23 @@
-"""Base-model preparation under races and tampering."""
+"""Base-model preparation: races and tampering, and `base_model:` as a `.gguf` file
+de-quantized once like the embedded model."""
 
 from __future__ import annotations
 
 import os
 import threading
 
-from tunegate.models import MARKER, _cached_sha, materialize_embedded
+import pytest
+from conftest import make_config
+
+from tunegate.models import (
+    MARKER,
+    ModelError,
+    _cached_sha,
+    config_base_model,
+    embedded_gguf,
+    materialize_embedded,
+    resolve_base_model,
+)
 
 
 def test_two_runs_preparing_the_embedded_model_at_once_make_it_once(tmp_path):
@@ -42,3 +54,28 @@ def test_the_weights_hash_is_recomputed_when_bytes_change_under_the_same_size_an
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # and put the old mtime back
     assert weights.stat().st_size == st.st_size and weights.stat().st_mtime_ns == st.st_mtime_ns
     assert _cached_sha(tmp_path) != first
+
+
+def test_a_gguf_path_is_relative_to_the_config_and_a_bad_one_is_refused(tmp_path):
+    cfg = make_config(tmp_path, [{"path": "x.jsonl"}], model={"base_model": "m/model.gguf"})
+    assert config_base_model(cfg) == str(tmp_path / "m" / "model.gguf")
+    with pytest.raises(ModelError, match="no such GGUF file"):
+        resolve_base_model(config_base_model(cfg), tmp_path / "ws")
+    junk = tmp_path / "m" / "model.gguf"
+    junk.parent.mkdir()
+    junk.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ModelError, match="transformers cannot load this GGUF"):
+        resolve_base_model(str(junk), tmp_path / "ws")
+
+
+@pytest.mark.slow
+def test_a_gguf_base_model_is_dequantized_once_into_the_workspace(tmp_path):
+    """The embedded SmolLM2 GGUF given as a file: a safetensors directory, reused after."""
+    gguf = embedded_gguf()
+    base = resolve_base_model(str(gguf), tmp_path / "ws")
+    assert base.path.parent == tmp_path / "ws" / "models"
+    assert base.path.name.startswith(gguf.stem + "-")
+    assert (base.path / MARKER).is_file() and (base.path / "tokenizer.json").is_file()
+    stamp = (base.path / "model.safetensors").stat().st_mtime_ns
+    again = resolve_base_model(str(gguf), tmp_path / "ws")
+    assert again == base and (base.path / "model.safetensors").stat().st_mtime_ns == stamp

@@ -174,7 +174,8 @@ def test_too_few_rows_after_review_block_the_run(queued):
 
 
 def test_an_edit_that_breaks_the_template_is_rejected_at_close(queued, embedded_model_dir):
-    from tunegate.quality.template import load_tokenizer, template_checks
+    from tunegate.chat import load_tokenizer
+    from tunegate.quality.template import template_checks
 
     cfg, lineage, run, triage = queued
     item = items_by_row(lineage, run)[2]

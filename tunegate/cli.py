@@ -192,10 +192,10 @@ def curate(config: ConfigArg) -> None:
     """Run curation alone and print the funnel (every row gets a verdict)."""
     cfg = _config(config)
     from tunegate import stages
+    from tunegate.chat import ChatError, load_tokenizer
     from tunegate.curate import CurationError
     from tunegate.curate import curate as curate_rows
     from tunegate.faults import fault_point
-    from tunegate.quality.template import load_tokenizer
     from tunegate.review.stage import review_synthetic
     from tunegate.runs import guard_run
 
@@ -205,11 +205,14 @@ def curate(config: ConfigArg) -> None:
         with guard_run(lineage, run_id):  # any other error ends the run `failed`, then raises
             base = stages.prepare_base_model(cfg, lineage)  # its tokenizer: the template gate
             fault_point("base_model")
-            result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
+            tokenizer = load_tokenizer(base.path, cfg)
+            result = curate_rows(cfg, lineage, run_id, tokenizer=tokenizer)
             triage = review_synthetic(cfg, lineage, run_id, result, base.path)
             result = triage.result
             fault_point("curated")
-    except (CurationError, OSError) as exc:  # OSError: a full disk, say (the run is `failed`)
+            # the rows accepted now, as `tunegate train` takes them (`--snapshot`, default latest)
+            snap = stages.snapshot_records(cfg, lineage, run_id, result.accepted)
+    except (CurationError, ChatError, OSError) as exc:  # OSError: a full disk (run `failed`)
         err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # paths whole
         raise typer.Exit(1) from None
     lineage.end_run(run_id, "completed")
@@ -223,9 +226,12 @@ def curate(config: ConfigArg) -> None:
                                               for r in stage_rows(result.stats)]))  # fmt: skip
     if result.report is not None:
         console.print(f"quality report: {result.report}")
+    console.print(f"snapshot {snap.snapshot_id} ({len(snap.record_ids)} rows) {snap.path}: "
+                  f"tunegate train {config}", soft_wrap=True)  # fmt: skip
     if triage.queued:
         console.print(f"{len(triage.queued)} row(s) wait for review (`review_pending` until "
-                      f"accepted): tunegate review serve --run {run_id}")  # fmt: skip
+                      "accepted; not in this snapshot): "
+                      f"tunegate review serve --run {run_id}")  # fmt: skip
 
 
 @app.command("train")
@@ -247,7 +253,7 @@ def train_cmd(
     """
     from tunegate import stages
     from tunegate.lineage import LineageError
-    from tunegate.models import resolve_base_model
+    from tunegate.models import config_base_model, resolve_base_model
     from tunegate.runs import guard_run
     from tunegate.snapshot import Snapshot
     from tunegate.train import TrainError, is_main_process, process_state
@@ -269,7 +275,7 @@ def train_cmd(
     snap = Snapshot(row["snapshot_id"], Path(row["path"]), ())
     with procs.main_process_first():  # the embedded model is de-quantized once, by the main one
         base = (stages.prepare_base_model(cfg, lineage) if main
-                else resolve_base_model(cfg.model.base_model, cfg.workspace_dir))  # fmt: skip
+                else resolve_base_model(config_base_model(cfg), cfg.workspace_dir))  # fmt: skip
     run_id = lineage.start_run("train", cfg.config_hash(), cfg.model_dump_json()) if main else ""
     try:
         with guard_run(lineage, run_id) if main else contextlib.nullcontext():
@@ -470,18 +476,22 @@ def inspect_cmd(
     ids: Annotated[bool, typer.Option("--ids", help="Print each token's id too.")] = False,
 ) -> None:
     """Show a row as the trainer sees it: trained tokens in green, token and label counts."""
+    from tunegate.chat import ChatError, chat_findings, end_of_turn, load_tokenizer
     from tunegate.lineage import LineageError
-    from tunegate.models import resolve_base_model
-    from tunegate.quality.template import inspect_row, load_tokenizer
+    from tunegate.models import config_base_model, resolve_base_model
+    from tunegate.quality.template import inspect_row
 
     cfg = _config(config)
     try:
         record = _lineage(workspace or cfg.workspace_dir).record(row_id)
-    except LineageError as exc:
+        model_dir = model or resolve_base_model(config_base_model(cfg), cfg.workspace_dir).path
+        tokenizer = load_tokenizer(model_dir, cfg)
+        end = end_of_turn(tokenizer, cfg.model.end_of_turn)
+    except (LineageError, ChatError) as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
-    shown = inspect_row(load_tokenizer(model_dir), json.loads(record["messages_json"]), ids)
+    messages = json.loads(record["messages_json"])
+    shown = inspect_row(tokenizer, messages, ids, end)
     console.rule(f"record {record['record_id'][:16]} ({record['origin']})")
     console.print(shown.text, highlight=False, markup=False)
     console.rule()
@@ -494,6 +504,9 @@ def inspect_cmd(
         stop = "stop token trained" if turn.eos_trained else "[red]stop token NOT trained[/red]"
         console.print(f"  message {turn.message}: tokens {turn.start}-{turn.stop}, "
                       f"{turn.trained} answer tokens trained, {stop}")  # fmt: skip
+    console.print(f"end of turn {end.text!r} ({end.source})", highlight=False)
+    for finding in chat_findings(tokenizer, end):  # about the model, not this row
+        console.print(f"[yellow]model[/yellow] {finding['message']}", highlight=False)
     if shown.error:
         err.print(f"[red]the trainer cannot use this row:[/red] {escape(str(shown.error))}")
         raise typer.Exit(1)

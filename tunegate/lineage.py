@@ -39,7 +39,7 @@ REASON_CODES: dict[str, str] = {
     "synthetic_rejected": "synthetic row failed the automatic review heuristics",
     "review_rejected": "a human reviewer rejected the row",
     "review_pending": "flagged for human review, not (yet) accepted by a reviewer: not trained on",
-    "double_bos": "rendered row starts with more than one BOS token",
+    "double_bos": "(older runs) more than one BOS; now a once-per-run model finding",
     "template_parity": "generation prompt is not a token prefix of the training rendering",
     "stop_untrained": "an assistant turn's end-of-turn/EOS token is not a trained label",
     "loss_mask": "an assistant turn trains fewer than template.min_trained_tokens tokens",
