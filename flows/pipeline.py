@@ -6,31 +6,46 @@ Deploy with a schedule:                                prefect deploy --all
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError
 
+from flows.notify import announce_run
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
-from tunegate.config import PipelineConfig, load_config
+from tunegate.chat import load_tokenizer
+from tunegate.config import ConfigError, PipelineConfig, load_config
 from tunegate.curate import CurationResult, curate
 from tunegate.eval_report import metric_rows, write_eval_report
 from tunegate.evaluate import EvalOutcome
 from tunegate.gates import GateResult
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
+from tunegate.preflight import check_sources, record_failed_start
 from tunegate.promote import Decision
 from tunegate.quality.report import stage_funnel_markdown
-from tunegate.quality.template import load_tokenizer
 from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
+from tunegate.run_history import run_history
 from tunegate.runlog import rate, say, stage_line
 from tunegate.snapshot import Snapshot
 from tunegate.train import TrainResult
 from tunegate.train_report import training_section
+from tunegate.trends_report import trends_markdown, write_trends
+
+
+def _log(message: str) -> None:
+    """To the flow run's log (Prefect UI, `prefect flow-run logs`); plain logging outside one."""
+    try:
+        get_run_logger().info(message)
+    except MissingContextError:
+        logging.getLogger("tunegate").info(message)
 
 
 def _stage(lineage: Lineage, run_id: str, stage: str, started: datetime, **metrics: object) -> None:
@@ -47,7 +62,7 @@ def curate_data(
 ) -> CurationResult:
     """Ingest, contract, dedup, then the chat-template gate with the base tokenizer."""
     started = now()
-    result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path))
+    result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path, config))
     _stage(lineage, run_id, "curate", started, rows=result.n_input, accepted=len(result.accepted))
     rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items()))
     seconds = _seconds(started)
@@ -185,6 +200,19 @@ def report_evals(
     return path
 
 
+def publish_trends(config: PipelineConfig, lineage: Lineage) -> None:
+    """Rewrite reports/trends.html (every night, change flags) and, in a flow run, its artifact
+    (outside one, an artifact would start a temporary server just to be dropped)."""
+    nights = run_history(lineage)
+    path = write_trends(config.resolve("reports"), nights)
+    if FlowRunContext.get() is not None:
+        create_markdown_artifact(
+            trends_markdown(nights),
+            key="nightly-trends",
+            description=f"Nights side by side, what changed ({path})",
+        )
+
+
 # log_prints stays off: dill (used by `datasets` to fingerprint map functions) disassembles
 # them to a captured stdout, and a print-to-log patch would flood the run log with bytecode.
 @flow(name="tunegate-pipeline", log_prints=False)
@@ -193,10 +221,18 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
 
     `run_id`: the id to record the run under (`tunegate run` names its log file after it).
     """
-    config = load_config(config_path)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        failed = record_failed_start("pipeline", config_path, exc)  # every night leaves a row
+        if failed is not None:
+            announce_run(failed.run_id, "failed", failed.detail, config_path, failed.lineage)
+        raise
     lineage = stages.open_lineage(config)
     run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json(), run_id)
+    _log(f"lineage run {run_id} in {lineage.path}")
     try:
+        check_sources(config, config_path)  # a moved file fails here, before the model loads
         base = load_base_model(config, lineage)  # first: curation renders rows with its template
         curation = curate_data(config, lineage, run_id, base)
         triage = triage_synthetic(config, lineage, run_id, curation, base)
@@ -212,7 +248,13 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
         eval_report = report_evals(config, run_id, adapter, base_evals, adapter_evals, gates,
                                    decision)  # fmt: skip
     except BaseException as exc:
-        lineage.end_run(run_id, "failed", repr(exc))
+        detail = f"{type(exc).__name__}: {exc}"
+        lineage.end_run(run_id, "failed", detail)
+        announce_run(run_id, "failed", detail, config.name, lineage.path)
+        try:
+            publish_trends(config, lineage)
+        except Exception as trends_exc:  # the run's own error is the one to raise
+            _log(f"could not update the trends report: {trends_exc!r}")
         raise
     report = write_report(config.resolve("reports"), run_id, {
         "Curation": funnel_markdown(curation.n_input, curation.reasons),
@@ -224,7 +266,10 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
         "Decision": f"**{'promoted' if decision.promoted else 'refused'}** "
                     f"`{decision.adapter_id}` → `{decision.alias}`: {decision.reason}",
     })  # fmt: skip
-    lineage.end_run(run_id, "promoted" if decision.promoted else "refused", decision.reason)
+    status = "promoted" if decision.promoted else "refused"
+    lineage.end_run(run_id, status, decision.reason)
+    announce_run(run_id, status, decision.reason, config.name, lineage.path)
+    publish_trends(config, lineage)
     summary = stages.summarize(run_id, curation, config, base_evals, adapter_evals, decision,
                                Path(report), eval_report, gates)  # fmt: skip
     return asdict(summary)

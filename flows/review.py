@@ -22,11 +22,12 @@ from prefect.input import RunInput
 from prefect.states import Running
 from pydantic import Field
 
+from tunegate.chat import load_tokenizer
 from tunegate.config import PipelineConfig
 from tunegate.curate import CurationResult
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
-from tunegate.quality.template import load_tokenizer, template_checks
+from tunegate.quality.template import template_checks
 from tunegate.reports import markdown_table
 from tunegate.review.stage import Triage, close_review, review_synthetic
 from tunegate.runlog import say, stage_line
@@ -125,7 +126,7 @@ def close_review_queue(
     started = now()
     checks: list[Any] = []
     if base is not None and config.template.enabled:  # edited rows pass the template gate again
-        checks = template_checks(config, load_tokenizer(base.path))
+        checks = template_checks(config, load_tokenizer(base.path, config))
     result = close_review(config, lineage, run_id, triage, why=why, checks=checks)
     counts = lineage.review_counts(run_id)
     lineage.record_stage(run_id, "review", started, "completed", {**counts, "why": why})

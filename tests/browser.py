@@ -34,6 +34,37 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+@contextmanager
+def review_server(workspace: Path, run: str, port: int, *args: str) -> Iterator[dict[str, str]]:
+    """`tunegate review serve` in its own process, as a reviewer starts it.
+
+    Yields the sign-in link printed for each reviewer (`--reviewer NAME`) and, under `"output"`,
+    everything it printed before serving; the process is stopped on exit.
+    """
+    import sys
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tunegate.cli", "review", "serve", "-w", str(workspace),
+         "--run", run, "--port", str(port), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        printed, links = [], {}
+        expected = args.count("--reviewer") or (0 if "--tokens" in args else 1)
+        for line in server.stdout:  # the page links come before the server starts
+            printed.append(line)
+            if "sign-in link for " in line:
+                name, link = line.split("sign-in link for ", 1)[1].split(": ", 1)
+                links[name] = link.strip()
+            if len(links) == expected and any("Ctrl-C" in p for p in printed):
+                break
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield {**links, "output": "".join(printed)}
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,9 +86,11 @@ def wait_http(url: str, seconds: float = 60) -> None:
 class WebDriver:
     """The few W3C WebDriver commands the tests need."""
 
-    def __init__(self, url: str, profile: Path, width: int = 1280, height: int = 2400):
+    def __init__(self, url: str, profile: Path, width: int = 1280, height: int = 2400,
+                 extra_args: tuple[str, ...] = ()):  # fmt: skip
         self.url = url
-        args = [*ARGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]
+        args = [*ARGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                *extra_args]  # fmt: skip
         caps = {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}
         self.session = self._call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})[
             "sessionId"
@@ -122,15 +155,15 @@ class WebDriver:
 
 
 @contextmanager
-def chromium(profile: Path) -> Iterator[WebDriver]:
-    """A headless Chromium session behind a chromedriver of its own."""
+def chromium(profile: Path, *extra_args: str) -> Iterator[WebDriver]:
+    """A headless Chromium session behind a chromedriver of its own (`extra_args`: flags)."""
     port = free_port()
     driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     browser = None
     try:
         wait_http(f"http://127.0.0.1:{port}/status")
-        browser = WebDriver(f"http://127.0.0.1:{port}", profile)
+        browser = WebDriver(f"http://127.0.0.1:{port}", profile, extra_args=extra_args)
         yield browser
     finally:
         if browser is not None:

@@ -99,7 +99,10 @@ def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir
     )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # init zeroes the pad row; SmolLM2 pads with <|im_end|>, a trained token
+        model.get_input_embeddings().weight[tokenizer.pad_token_id].normal_(0.0, 0.02)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return BaseModel(ref=str(path), path=path, sha256=sha256_dir(path))
 

@@ -75,3 +75,24 @@ def test_curation_settings_are_validated(tmp_path):
         )
     locs = {loc.split(".answer")[0] for loc, _ in exc.value.problems}
     assert {"data.sources.0.fields", "dedup.near_threshold", "contracts.batch_suit"} <= locs
+
+
+def test_model_chat_format_settings_are_validated(tmp_path):
+    from tunegate.chat import SHIPPED_TEMPLATES
+
+    for name in ("chatml", "llama3", "qwen2.5", "qwen3", "gemma", "gemma3", "mistral", "phi3"):
+        assert name in SHIPPED_TEMPLATES
+        cfg = parse_config({"data": {"sources": [{"path": "x"}]}, "model": {"chat_template": name}})
+        assert cfg.model.chat_template == name and cfg.model.system_role == "keep"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {sources: [{path: x}]}\n"
+                   "model: {chat_template: llama-3, system_role: drop}\n")  # fmt: skip
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "model.chat_template" in out and "unknown chat template 'llama-3'" in out
+    assert "chatml, llama3, qwen2.5, qwen3, gemma, gemma3, mistral" in out
+    assert "model.system_role" in out
+    own = parse_config({"data": {"sources": [{"path": "x"}]},
+                        "model": {"chat_template": "templates/mine.jinja"}})  # fmt: skip
+    assert own.model.chat_template == "templates/mine.jinja"

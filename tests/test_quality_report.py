@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from browser import chromium, is_blank, needs_chromium
@@ -121,9 +122,14 @@ def test_curate_cli_then_inspect_a_row_of_that_run(tmp_path, embedded_model_dir)
     assert re.search(rf"curation {run} ?: 6 rows", printed) and "funnel per stage" in printed
     assert (tmp_path / "reports" / run / "quality.html").is_file() and "quality.html" in printed
     assert f"tunegate review serve --run {run}" in printed  # the boilerplate answer waits
+    # the accepted rows are a snapshot `tunegate train CONFIG` takes (the latest by default)
+    (snap,) = lineage.query("SELECT * FROM snapshots WHERE run_id = ?", [run])
+    assert snap["n_records"] == 2 and f"snapshot {snap['snapshot_id']}" in printed
+    assert lineage.snapshot(None)["snapshot_id"] == snap["snapshot_id"]
+    assert len(Path(snap["path"]).read_text().splitlines()) == 2
     accepted = lineage.query("SELECT record_id FROM row_verdicts WHERE run_id = ? AND "
                              "status = 'accepted' ORDER BY source_row", [run])  # fmt: skip
     shown = CliRunner().invoke(app, ["inspect", accepted[0]["record_id"][:12], "-c", str(config)])
     assert shown.exit_code == 0, shown.output
     assert "Blue is a colour people often name first.<|im_end|>" in shown.output
-    assert "stop token trained" in shown.output
+    assert "stop token trained" in shown.output and "end of turn '<|im_end|>'" in shown.output

@@ -102,6 +102,21 @@ def test_a_changed_adapter_file_is_refused(lineage, tmp_path):
     assert "adapter files changed since the gates judged them" in decision.reason
 
 
+def test_a_changed_manifest_field_that_export_reads_is_refused(lineage, workspace, tmp_path):
+    adapter_id, path = gated(lineage, tmp_path, "m", PASS)
+    manifest = '{"run": "m", "quantization": "nf4", "created_at": "%s"}'
+    (path / "manifest.json").write_text(manifest % "monday")
+    decide_promotion(lineage, "run-m2", adapter_id, path, "candidates", [PASS])
+    assert promote(lineage, adapter_id, "production").promoted
+    (path / "manifest.json").write_text(manifest % "tuesday")  # metadata only: still the same
+    assert release_check(lineage, alias="production").ok
+    (path / "manifest.json").write_text(manifest.replace("nf4", "none") % "monday")
+    check = release_check(lineage, alias="production")
+    assert not check.ok and "differ from the ones registered" in check.reason
+    res = CliRunner().invoke(app, ["gate", "check", "--alias", "production", "-w", str(workspace)])
+    assert res.exit_code != 0
+
+
 def test_changed_weights_are_refused_even_with_force(lineage, tmp_path):
     adapter_id, path = gated(lineage, tmp_path, "a", PASS)
     (path / "adapter_model.safetensors").write_bytes(b"other weights")

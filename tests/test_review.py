@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from browser import chromium, free_port, is_blank, needs_chromium, wait_http
+from browser import chromium, free_port, is_blank, needs_chromium, review_server
 from conftest import assert_conserved, make_config, write_jsonl
 from fastapi.testclient import TestClient
 
 from tunegate.curate import CurationError, curate
 from tunegate.lineage import Lineage
 from tunegate.review.exchange import export_queue, import_decisions
+from tunegate.review.guard import Guard
 from tunegate.review.stage import ReviewError, close_review, decide, review_synthetic
 from tunegate.review.web import create_app
 
@@ -172,7 +174,8 @@ def test_too_few_rows_after_review_block_the_run(queued):
 
 
 def test_an_edit_that_breaks_the_template_is_rejected_at_close(queued, embedded_model_dir):
-    from tunegate.quality.template import load_tokenizer, template_checks
+    from tunegate.chat import load_tokenizer
+    from tunegate.quality.template import template_checks
 
     cfg, lineage, run, triage = queued
     item = items_by_row(lineage, run)[2]
@@ -272,29 +275,41 @@ def test_review_cli_export_and_import(queued, tmp_path):
     assert conserved(lineage, run)["review_rejected"] == 3
 
 
+ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef"
+
+
+def signed_in(app) -> tuple[TestClient, str]:
+    """A browser-like client signed in as alice through the link, and the page's CSRF token."""
+    client = TestClient(app, base_url="http://127.0.0.1:8765")
+    page = client.get(f"/?token={ALICE}")
+    assert page.status_code == 200 and "token" not in str(page.url)
+    return client, re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
+
+
 def test_review_page_and_api(queued):
     _cfg, lineage, run, _ = queued
     ids = items_by_row(lineage, run)
-    client = TestClient(create_app(lineage, run))
+    client, csrf = signed_in(create_app(lineage, Guard({ALICE: "alice", BOB: "bob"}), run))
     page = client.get("/")
     assert page.status_code == 200 and '<span id="pending-count">3</span>' in page.text
     assert "boilerplate_hits" in page.text and f'id="accept-{ids[2]}"' in page.text
-    res = client.post(f"/items/{ids[2]}", data={"decision": "accept", "reviewer": ""},
+    assert '<b id="reviewer">alice</b>' in page.text and 'name="reviewer"' not in page.text
+    res = client.post(f"/items/{ids[2]}", data={"decision": "maybe", "csrf": csrf},
                       follow_redirects=False)  # fmt: skip
-    assert res.status_code == 303 and "error=enter+a+reviewer+name" in res.headers["location"]
-    res = client.post(f"/items/{ids[2]}", data={"decision": "accept", "reviewer": "alice"})
-    assert '<span id="pending-count">2</span>' in res.text and 'value="alice"' in res.text
-    api = client.post(f"/api/items/{ids[3]}", json={"decision": "reject", "reviewer": "bob"})
-    assert api.json() == {"item_id": ids[3], "applied": True}
-    assert (
-        client.post(
-            f"/api/items/{ids[3]}", json={"decision": "reject", "reviewer": "bob"}
-        ).status_code
-        == 400
-    )
-    assert [i["item_id"] for i in client.get("/api/items").json()] == [ids[5]]
+    assert res.status_code == 303 and "error=decision+must+be" in res.headers["location"]
+    res = client.post(f"/items/{ids[2]}", data={"decision": "accept", "csrf": csrf})
+    assert '<span id="pending-count">2</span>' in res.text
+    api = TestClient(client.app, base_url="http://localhost:8765")  # a script: bearer, no cookie
+    bearer = {"Authorization": f"Bearer {BOB}"}
+    res = api.post(f"/api/items/{ids[3]}", json={"decision": "reject"}, headers=bearer)
+    assert res.json() == {"item_id": ids[3], "applied": True, "reviewer": "bob"}
+    res = api.post(f"/api/items/{ids[3]}", json={"decision": "reject"}, headers=bearer)
+    assert res.status_code == 400 and "already" in res.json()["error"]
+    assert [i["item_id"] for i in api.get("/api/items", headers=bearer).json()] == [ids[5]]
     assert conserved(lineage, run) == {"accepted": 8, "review_rejected": 1, "review_pending": 1,
                                        "synthetic_rejected": 1}  # fmt: skip
+    who = {r["source_row"]: r["reviewer"] for r in lineage.review_items(run, None)}
+    assert (who[2], who[3]) == ("alice", "bob")
 
 
 # -- the page in a real browser: `tunegate review serve` and headless Chromium ------------------
@@ -305,34 +320,30 @@ def test_review_page_in_headless_chromium(queued, tmp_path):
     cfg, lineage, run, _ = queued
     ids = items_by_row(lineage, run)
     port = free_port()
-    server = subprocess.Popen(  # the real command, in its own process, as a reviewer starts it
-        [sys.executable, "-m", "tunegate.cli", "review", "serve", "-w", str(cfg.workspace_dir),
-         "--run", run, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        with chromium(tmp_path / "chromium-profile") as browser:
-            browser.get(f"http://127.0.0.1:{port}/")
-            assert browser.text("#pending-count") == "3"
-            assert not is_blank(browser.screenshot(tmp_path / "review.png"))
-            # 1. accept row 2
-            browser.type(f"#reviewer-{ids[2]}", "alice")
-            browser.click_through(f"#accept-{ids[2]}")
-            assert browser.text("#pending-count") == "2"
-            assert browser.text("#done") == f"saved decision on {ids[2]}"
-            # 2. reject row 3 (the reviewer name is kept from the last decision)
-            browser.type(f"#note-{ids[3]}", "AI boilerplate in the label")
-            browser.click_through(f"#reject-{ids[3]}")
-            assert browser.text("#pending-count") == "1"
-            # 3. edit row 5's answer and accept it
-            browser.type(f"#content-{ids[5]}-2", '{"intent": "change_address"}')
-            browser.click_through(f"#edit-{ids[5]}")
-            assert browser.text("#empty") == "Nothing pending."
-    finally:
-        server.terminate()
-        output, _ = server.communicate(timeout=30)
-    assert f"review page at http://127.0.0.1:{port}/" in output
+    with (
+        review_server(cfg.workspace_dir, run, port, "--reviewer", "alice") as server,
+        chromium(tmp_path / "chromium-profile") as browser,
+    ):
+        assert server["alice"].startswith(f"http://127.0.0.1:{port}/?token=")
+        browser.get(f"http://127.0.0.1:{port}/")  # not signed in: no queue, only how to sign in
+        assert "sign in first" in browser.text("#refused")
+        browser.get(server["alice"])  # the printed link signs in and leaves the address bar
+        assert "token" not in browser.script("return location.href")
+        assert browser.text("#pending-count") == "3" and browser.text("#reviewer") == "alice"
+        assert not is_blank(browser.screenshot(tmp_path / "review.png"))
+        # 1. accept row 2
+        browser.click_through(f"#accept-{ids[2]}")
+        assert browser.text("#pending-count") == "2"
+        assert browser.text("#done") == f"saved decision on {ids[2]}"
+        # 2. reject row 3 with a note
+        browser.type(f"#note-{ids[3]}", "AI boilerplate in the label")
+        browser.click_through(f"#reject-{ids[3]}")
+        assert browser.text("#pending-count") == "1"
+        # 3. edit row 5's answer and accept it
+        browser.type(f"#content-{ids[5]}-2", '{"intent": "change_address"}')
+        browser.click_through(f"#edit-{ids[5]}")
+        assert browser.text("#empty") == "Nothing pending."
+    assert f"review page at http://127.0.0.1:{port}/" in server["output"]
     queue = {r["source_row"]: r for r in lineage.review_items(run, None)}
     assert [(queue[k]["status"], queue[k]["reviewer"]) for k in (2, 3, 5)] == [
         ("accepted", "alice"), ("rejected", "alice"), ("accepted", "alice")]  # fmt: skip

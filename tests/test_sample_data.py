@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from tunegate.chat import load_tokenizer
 from tunegate.config import load_config, parse_config
 from tunegate.curate import curate
 from tunegate.lineage import Lineage
-from tunegate.quality.template import load_tokenizer
 from tunegate.review.stage import review_synthetic
 
 RAW = REPO / "datasets" / "raw"

@@ -7,20 +7,23 @@ the row is accepted or rejected under another code, and the test fails.
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 from conftest import assert_conserved, make_config, write_jsonl
 from typer.testing import CliRunner
 
+from tunegate.chat import ChatFormatError, load_tokenizer
 from tunegate.cli import app
 from tunegate.curate import CurationError, build_checks, curate
 from tunegate.lineage import Lineage
 from tunegate.quality.template import (
     TEMPLATE_REASONS,
+    TemplateGateError,
     control_tokens,
     inspect_row,
-    load_tokenizer,
     template_checks,
+    template_probe,
 )
 from tunegate.records import Record
 
@@ -69,15 +72,34 @@ def test_control_tokens_in_content_are_rejected(tokenizer, tmp_path, token):
     assert reason == "template" and token in detail and "messages[0]" in detail
 
 
-def test_a_template_that_raises_is_rejected(tokenizer, tmp_path):
-    # Gemma-style templates refuse a system turn.
-    refuses = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"  # noqa: E501
-    tok = variant(tokenizer, chat_template=refuses + tokenizer.chat_template)
+REFUSES_SYSTEM = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"  # noqa: E501
+
+
+def test_a_template_that_fails_on_the_data_shape_is_one_run_level_error(tokenizer, tmp_path):
+    # Gemma-style templates refuse a system turn: a fact about template and data, not a row.
+    tok = variant(tokenizer, chat_template=REFUSES_SYSTEM + tokenizer.chat_template)
     row = (("system", "Be brief."), *GOOD)
-    assert judge(tok, row, config(tmp_path)) == (
-        "template", "chat template fails: TemplateError: System role not supported"
-    )  # fmt: skip
+    with pytest.raises(TemplateGateError) as caught:
+        judge(tok, row, config(tmp_path))
+    assert "fails on row t.jsonl:1: TemplateError: System role not supported" in str(caught.value)
+    assert "model.system_role: fold_into_first_user" in str(caught.value)
     assert judge(tok, GOOD, config(tmp_path)) is None
+
+
+def test_system_role_fold_and_reject(tmp_path, embedded_model_dir):
+    template = tmp_path / "refuses.jinja"
+    template.write_text(REFUSES_SYSTEM + load_tokenizer(embedded_model_dir).chat_template)
+    row = (("system", "Be brief."), *GOOD)
+    fold = config(tmp_path, model={"chat_template": str(template),
+                                   "system_role": "fold_into_first_user"})  # fmt: skip
+    tok = load_tokenizer(embedded_model_dir, fold)
+    assert judge(tok, row, fold) is None
+    text = tok.apply_chat_template([{"role": r, "content": c} for r, c in row], tokenize=False)
+    assert "<|im_start|>user\nBe brief.\n\nWhere is my order" in text
+    reject = config(tmp_path, model={"chat_template": str(template), "system_role": "reject"})
+    tok = load_tokenizer(embedded_model_dir, reject)
+    assert judge(tok, row, reject) == ("template", "has a system turn (model.system_role: reject)")
+    assert judge(tok, GOOD, reject) is None
 
 
 def test_rows_longer_than_max_seq_length_are_rejected_not_truncated(tokenizer, tmp_path):
@@ -88,32 +110,26 @@ def test_rows_longer_than_max_seq_length_are_rejected_not_truncated(tokenizer, t
     assert judge(tokenizer, GOOD, cfg) is None  # 41 tokens fit
 
 
-def test_a_double_bos_is_rejected(tokenizer, tmp_path):
-    # SmolLM2's BOS is <|im_start|>; a template that also writes `bos_token` doubles it.
+def test_a_template_writing_bos_twice_trains_one_and_is_a_model_finding(tokenizer, tmp_path):
+    # SmolLM2's BOS is <|im_start|>; a template that also writes `bos_token` doubles it. Every
+    # row would have it: the rows are fine, the trainer feeds one BOS, the run reports it once.
     tok = variant(tokenizer, chat_template="{{ bos_token }}" + tokenizer.chat_template)
-    assert judge(tok, GOOD, config(tmp_path)) == (
-        "double_bos", "the rendered row starts with 2 BOS tokens"
+    assert judge(tok, GOOD, config(tmp_path)) is None
+    probe = template_probe(template_checks(config(tmp_path), tok))
+    assert [f["code"] for f in probe.findings] == ["template_repeats_bos"]
+    messages = [{"role": r, "content": c} for r, c in GOOD]
+    assert probe.analyze(Record(GOOD, "human", "t.jsonl", 1)).ids == (
+        tokenizer.apply_chat_template(messages)["input_ids"]
     )  # fmt: skip
+    assert template_probe(template_checks(config(tmp_path), tokenizer)).findings == []
 
 
-def test_a_bos_added_again_when_text_is_retokenized_is_rejected(tokenizer, tmp_path):
-    class AddsBos:
-        """The real tokenizer, except that encoding text prepends BOS (as Llama's does)."""
-
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def __call__(self, text, add_special_tokens=True, **kw):
-            out = dict(self.inner(text, add_special_tokens=False, **kw))
-            if add_special_tokens:
-                out["input_ids"] = [self.inner.bos_token_id, *out["input_ids"]]
-            return out
-
-    reason, detail = judge(AddsBos(tokenizer), GOOD, config(tmp_path))
-    assert reason == "double_bos" and "re-tokenizing" in detail
+def test_a_model_without_a_detectable_end_of_turn_is_one_error(tokenizer, tmp_path):
+    plain = "{% for m in messages %}{{ m['role'] + ':\n' + m['content'] + '\n\n' }}{% endfor %}"
+    prompt = "{% if add_generation_prompt %}{{ 'assistant:\n' }}{% endif %}"
+    tok = variant(tokenizer, chat_template=plain + prompt)
+    with pytest.raises(ChatFormatError, match=r"writes '\\n\\n' after an assistant message"):
+        template_checks(config(tmp_path), tok)
 
 
 def test_a_generation_prompt_that_differs_from_training_is_rejected(tokenizer, tmp_path):
@@ -144,12 +160,32 @@ def test_an_answer_rendered_differently_in_context_is_rejected(tokenizer, tmp_pa
     assert judge(tok, (*GOOD, *row[2:]), config(tmp_path)) is None  # no think block: same tokens
 
 
-def test_an_eos_that_is_not_the_end_of_turn_is_rejected(tokenizer, tmp_path):
-    # eos_token <|endoftext|> while turns end with <|im_end|>: the model never learns to stop.
+def test_the_end_of_turn_comes_from_the_template_not_eos(tokenizer, tmp_path):
+    # eos_token <|endoftext|> while turns end with <|im_end|> (Qwen base, Phi-3): <|im_end|>
+    # trains, and the run reports the difference once.
     tok = variant(tokenizer, eos_token="<|endoftext|>")
-    reason, detail = judge(tok, GOOD, config(tmp_path))
-    assert reason == "stop_untrained"
-    assert "<|endoftext|>" in detail and "end-of-turn" in detail
+    assert judge(tok, GOOD, config(tmp_path)) is None
+    probe = template_probe(template_checks(config(tmp_path), tok))
+    assert probe.end.text == "<|im_end|>" and probe.end.source == "template"
+    assert [f["code"] for f in probe.findings] == ["end_of_turn_is_not_eos"]
+    # a wrong model.end_of_turn is refused; one the template writes is used as given
+    with pytest.raises(ChatFormatError, match=re.escape("model.end_of_turn '<|endoftext|>' is")):
+        template_checks(config(tmp_path, model={"end_of_turn": "<|endoftext|>"}), tok)
+    given_cfg = config(tmp_path, model={"end_of_turn": "<|im_end|>"})
+    given = template_probe(template_checks(given_cfg, tok))
+    assert given.end.source == "model.end_of_turn"
+
+
+def test_an_assistant_turn_without_its_end_is_rejected(tokenizer, tmp_path):
+    # A template that drops the end of turn after a later answer (only the first one ends).
+    drops = tokenizer.chat_template.replace(
+        "'<|im_end|>' + '\n'", "('<|im_end|>' if loop.index0 < 3 else '') + '\n'"
+    )
+    assert drops != tokenizer.chat_template
+    tok = variant(tokenizer, chat_template=drops)
+    row = (*GOOD, ("user", "And then?"), ("assistant", "Two days."))
+    reason, detail = judge(tok, row, config(tmp_path))
+    assert reason == "stop_untrained" and "'<|im_end|>'" in detail
 
 
 def test_every_assistant_turn_must_train_enough_tokens(tokenizer, tmp_path):
@@ -209,7 +245,7 @@ def test_too_many_template_rejections_block_the_run(tokenizer, tmp_path):
     run2 = lineage.start_run("curate", relaxed.config_hash(), "{}")
     curate(relaxed, lineage, run2, tokenizer=tokenizer)
     assert assert_conserved(lineage, run2, 10) == {"accepted": 8, "template": 2}
-    assert set(TEMPLATE_REASONS) >= {"template", "too_long", "double_bos", "loss_mask"}
+    assert set(TEMPLATE_REASONS) >= {"template", "too_long", "stop_untrained", "loss_mask"}
 
 
 def test_inspect_marks_exactly_the_trained_tokens(tokenizer):
@@ -247,3 +283,16 @@ def test_inspect_cli_prints_the_row_and_counts(tmp_path, embedded_model_dir):
     assert "trained labels 5" in out.output and "stop token trained" in out.output
     missing = CliRunner().invoke(app, ["inspect", "zzzz", "-c", str(cfg_path)])
     assert missing.exit_code == 1 and "no record" in missing.output
+
+
+def test_model_findings_and_the_end_of_turn_are_in_the_quality_report(tokenizer, tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", rows(5, 0))
+    cfg = config(tmp_path)
+    tok = variant(tokenizer, chat_template="{{ bos_token }}" + tokenizer.chat_template)
+    lineage = Lineage(tmp_path / "l.duckdb")
+    run = lineage.start_run("curate", cfg.config_hash(), "{}")
+    result = curate(cfg, lineage, run, tokenizer=tok)
+    assert assert_conserved(lineage, run, 5) == {"accepted": 5}  # a model fact, not a row's
+    page = result.report.read_text()
+    assert "model: template_repeats_bos" in page and "writes BOS" in page
+    assert "end of turn" in page and "&#x27;&lt;|im_end|&gt;&#x27;" in page

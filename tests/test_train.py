@@ -15,6 +15,7 @@ from unittest import mock
 import pytest
 from conftest import REPO, write_jsonl
 
+from tunegate.chat import tokenize_chat
 from tunegate.checkpoints import last_complete_checkpoint, remove_incomplete
 from tunegate.config import PipelineConfig, TrainConfig, parse_config
 from tunegate.manifest import MANIFEST_KEYS
@@ -27,7 +28,6 @@ from tunegate.train import (
     load_base,
     process_state,
     score_label_positions_only,
-    tokenize_chat,
     train_adapter,
 )
 

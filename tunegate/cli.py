@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,9 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # nothing downloads at ru
     os.environ.setdefault(var, "1")
 # Nor phones home: offline, Prefect's telemetry would log an ERROR on every temporary server.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect waits 20 s for its temporary server; on 2 busy cores its start measured longer
+# ("Timed out while attempting to connect to ephemeral Prefect API server").
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _config(path: Path, runnable: bool = False, gated: bool = False) -> PipelineConfig:
@@ -45,34 +49,54 @@ def _config(path: Path, runnable: bool = False, gated: bool = False) -> Pipeline
                 raise ConfigError(str(path), problems)
         return config
     except ConfigError as exc:
-        err.print(f"[red]invalid config[/red] {exc}")
+        err.print(f"[red]invalid config[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
-def _lineage(workspace: Path):
-    from tunegate.lineage import Lineage
+def _lineage(workspace: Path, read_only: bool = False):
+    """The workspace's lineage; `read_only` for commands that only read (a read-only copy of a
+    workspace works); a damaged file is refused with the way to recover, not a traceback."""
+    from tunegate.lineage import Lineage, LineageError
 
     db = workspace / "lineage.duckdb"
     if not db.is_file():
         err.print(f"[red]no lineage database at {db}[/red] (run `tunegate run` first)")
         raise typer.Exit(1)
-    return Lineage(db)
+    try:
+        return Lineage(db, read_only=read_only)
+    except LineageError as exc:
+        err.print(str(exc), markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """Rows as a table; a value too wide for its column (a path, an id) is folded, never cut."""
-    table = Table(title=title, title_justify="left")
+    """Rows as a table; a value too wide for its column (a path, an id) is folded, never cut.
+
+    Values are escaped: a role `[/bold]` or `[link=...]` in a row is text, not rich markup.
+    """
+    table = Table(title=escape(title), title_justify="left")
     for col in rows[0] if rows else []:
-        table.add_column(str(col), overflow="fold")
+        table.add_column(escape(str(col)), overflow="fold")
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(
+            *(f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row.values())
+        )
     return table
 
 
 @app.command()
 def validate(config: ConfigArg) -> None:
-    """Check a pipeline YAML; every bad key is reported with its path and reason."""
+    """Check a pipeline YAML and its sources; every bad key or unreadable source is reported,
+    a compute dtype this machine's device cannot run, and a gate that cannot be conclusive at
+    the configured eval size (with the n it needs)."""
+    from tunegate.preflight import check_sources
+
     cfg = _config(config, runnable=True, gated=True)
+    try:
+        check_sources(cfg, config)
+    except ConfigError as exc:
+        err.print(f"[red]invalid config[/red] {exc}", soft_wrap=True)  # paths whole
+        raise typer.Exit(1) from None
     console.print(f"[green]ok[/green] {config} (config hash {cfg.config_hash()[:16]})")
 
 
@@ -88,7 +112,17 @@ def run(
     The terminal shows one line per stage and the summary; progress bars, warnings and
     Prefect's logs go to `reports/<run id>/run.log`.
     """
-    cfg = _config(config, runnable=True)  # fail fast, before Prefect starts
+    from tunegate.precision import pick_device
+
+    try:  # fail fast, before Prefect starts
+        cfg = load_config(config)
+        check_runnable(cfg, pick_device(), str(config))
+    except ConfigError as exc:
+        from tunegate.preflight import record_failed_start
+
+        record_failed_start("pipeline", config, exc)  # a failed night is in the lineage too
+        err.print(f"[red]invalid config[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
     from flows.pipeline import pipeline
     from tunegate.lineage import new_id
     from tunegate.runlog import quiet_run
@@ -124,8 +158,8 @@ def run(
     )
     for task, score in summary["general"].items():
         table.add_row(f"{task} base → adapter", f"{score['base']:.3f} → {score['adapter']:.3f}")
-    table.add_row("gate", summary["gate"])
-    table.add_row("decision", summary["reason"])
+    table.add_row("gate", escape(str(summary["gate"])))
+    table.add_row("decision", escape(str(summary["reason"])))
     console.print(table)
     # Ids and paths whole (soft_wrap), to copy into `tunegate lineage` or a browser: a table
     # cuts them to the terminal's width.
@@ -137,25 +171,56 @@ def run(
 
 
 @app.command()
+def notify(
+    webhook_url: Annotated[str, typer.Argument(help="URL the webhook POSTs JSON to.")],
+    on: Annotated[
+        list[str] | None,
+        typer.Option(help="Run status that notifies (repeat; default: refused and failed)."),
+    ] = None,
+    allow_private_urls: Annotated[
+        bool, typer.Option(help="Allow a webhook on a private or loopback address.")
+    ] = False,
+) -> None:
+    """Create the Prefect webhook block and automation that report refused or failed runs."""
+    from flows.notify import setup_notifications
+
+    on = on or ["refused", "failed"]
+    bad = sorted(set(on) - {"promoted", "refused", "failed"})
+    if bad:
+        err.print(f"[red]unknown status[/red] {', '.join(bad)} (promoted, refused, failed)")
+        raise typer.Exit(1)
+    block_id, automation_id = setup_notifications(webhook_url, on, allow_private_urls)
+    console.print(f"webhook block {block_id}, automation {automation_id}: runs that end "
+                  f"{' or '.join(on)} POST to {webhook_url}", soft_wrap=True)  # fmt: skip
+
+
+@app.command()
 def curate(config: ConfigArg) -> None:
     """Run curation alone and print the funnel (every row gets a verdict)."""
     cfg = _config(config)
     from tunegate import stages
+    from tunegate.chat import ChatError, load_tokenizer
     from tunegate.curate import CurationError
     from tunegate.curate import curate as curate_rows
-    from tunegate.quality.template import load_tokenizer
+    from tunegate.faults import fault_point
     from tunegate.review.stage import review_synthetic
+    from tunegate.runs import guard_run
 
     lineage = stages.open_lineage(cfg)
     run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
     try:
-        base = stages.prepare_base_model(cfg, lineage)  # its tokenizer runs the template gate
-        result = curate_rows(cfg, lineage, run_id, tokenizer=load_tokenizer(base.path))
-        triage = review_synthetic(cfg, lineage, run_id, result, base.path)
-        result = triage.result
-    except CurationError as exc:
-        lineage.end_run(run_id, "failed", str(exc))
-        err.print(f"[red]{exc}[/red]")
+        with guard_run(lineage, run_id):  # any other error ends the run `failed`, then raises
+            base = stages.prepare_base_model(cfg, lineage)  # its tokenizer: the template gate
+            fault_point("base_model")
+            tokenizer = load_tokenizer(base.path, cfg)
+            result = curate_rows(cfg, lineage, run_id, tokenizer=tokenizer)
+            triage = review_synthetic(cfg, lineage, run_id, result, base.path)
+            result = triage.result
+            fault_point("curated")
+            # the rows accepted now, as `tunegate train` takes them (`--snapshot`, default latest)
+            snap = stages.snapshot_records(cfg, lineage, run_id, result.accepted)
+    except (CurationError, ChatError, OSError) as exc:  # OSError: a full disk (run `failed`)
+        err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # paths whole
         raise typer.Exit(1) from None
     lineage.end_run(run_id, "completed")
     rows = [
@@ -168,9 +233,12 @@ def curate(config: ConfigArg) -> None:
                                               for r in stage_rows(result.stats)]))  # fmt: skip
     if result.report is not None:
         console.print(f"quality report: {result.report}")
+    console.print(f"snapshot {snap.snapshot_id} ({len(snap.record_ids)} rows) {snap.path}: "
+                  f"tunegate train {config}", soft_wrap=True)  # fmt: skip
     if triage.queued:
         console.print(f"{len(triage.queued)} row(s) wait for review (`review_pending` until "
-                      f"accepted): tunegate review serve --run {run_id}")  # fmt: skip
+                      "accepted; not in this snapshot): "
+                      f"tunegate review serve --run {run_id}")  # fmt: skip
 
 
 @app.command("train")
@@ -192,7 +260,8 @@ def train_cmd(
     """
     from tunegate import stages
     from tunegate.lineage import LineageError
-    from tunegate.models import resolve_base_model
+    from tunegate.models import config_base_model, resolve_base_model
+    from tunegate.runs import guard_run
     from tunegate.snapshot import Snapshot
     from tunegate.train import TrainError, is_main_process, process_state
 
@@ -206,19 +275,21 @@ def train_cmd(
     try:
         row = lineage.snapshot(snapshot)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red] (`tunegate run` or `tunegate curate` writes snapshots)")
+        err.print(
+            f"[red]{escape(str(exc))}[/red] (`tunegate run` or `tunegate curate` writes snapshots)"
+        )
         raise typer.Exit(1) from None
     snap = Snapshot(row["snapshot_id"], Path(row["path"]), ())
     with procs.main_process_first():  # the embedded model is de-quantized once, by the main one
         base = (stages.prepare_base_model(cfg, lineage) if main
-                else resolve_base_model(cfg.model.base_model, cfg.workspace_dir))  # fmt: skip
+                else resolve_base_model(config_base_model(cfg), cfg.workspace_dir))  # fmt: skip
     run_id = lineage.start_run("train", cfg.config_hash(), cfg.model_dump_json()) if main else ""
     try:
-        result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap, out)
+        with guard_run(lineage, run_id) if main else contextlib.nullcontext():
+            result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap,
+                                           out)  # fmt: skip
     except (TrainError, ValueError) as exc:
-        if main:
-            lineage.end_run(run_id, "failed", str(exc))
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     if main:
         lineage.end_run(run_id, "completed")
@@ -243,7 +314,7 @@ def export_cmd(
     try:
         model, gguf_file = export_adapter(_lineage(workspace), adapter, merged, gguf, gguf_type)
     except ExportError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"merged model {model.sha256[:16]} in {model.path}")
     if gguf_file is not None:
@@ -262,16 +333,19 @@ def verdicts(
     limit: int = 50,
 ) -> None:
     """List row verdicts of a run, or export the rejected rows for fixing."""
-    lineage = _lineage(workspace)
-    if run_id is None:
-        latest = lineage.query(
-            "SELECT run_id FROM row_verdicts JOIN runs USING (run_id) "
-            "ORDER BY started_at DESC LIMIT 1"
-        )
-        if not latest:
-            err.print("[red]no verdicts recorded yet[/red]")
+    lineage = _lineage(workspace, read_only=True)
+    unfinished = {r["run_id"]: r for r in lineage.unfinished_runs()}
+    if run_id is None:  # the latest run that finished: an unfinished one's verdicts are partial
+        latest = lineage.latest_finished_run()
+        if latest is None:
+            err.print("[red]no finished run with verdicts yet[/red]")
             raise typer.Exit(1)
-        run_id = latest[0]["run_id"]
+        run_id = latest["run_id"]
+        for r in unfinished.values():
+            if r["started_at"] > latest["started_at"]:
+                err.print(f"note: newer run {r['run_id']} {_unfinished(r)}; --run to see it",
+                          markup=False, soft_wrap=True)  # fmt: skip
+    _report_conservation(lineage, run_id, unfinished.get(run_id))
     sql = (
         "SELECT v.source, v.source_row, v.status, v.reason, v.detail, v.stage, v.duplicate_of, "
         "v.cluster_id, v.eval_item, v.raw, r.messages_json "
@@ -298,6 +372,58 @@ def verdicts(
     console.print(_table(f"verdicts of {run_id}", rows))
 
 
+@app.command()
+def runs(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    limit: Annotated[int, typer.Option(help="Last N pipeline runs.")] = 30,
+    trends: Annotated[
+        Path | None, typer.Option(help="Also write DIR/trends.html (e.g. --trends reports).")
+    ] = None,
+) -> None:
+    """Pipeline runs, oldest first: status, rows, rejections, gates, adapter, what changed."""
+    from tunegate.run_history import run_history
+    from tunegate.trends_report import night_rows, write_trends
+
+    nights = run_history(_lineage(workspace, read_only=True), limit)
+    rows = [
+        {"run": n.run_id, "started (UTC)": f"{n.started_at:%Y-%m-%d %H:%M}", "status": n.status,
+         "duration s": "" if n.duration_s is None else round(n.duration_s),
+         "rows in / accepted": f"{n.rows_in} / {n.accepted}",
+         "rejected": ", ".join(f"{k} {v}" for k, v in sorted(n.rejected.items())),
+         "gates": ", ".join(f"{g.gate} {'pass' if g.passed else 'FAIL'} {g.value:+.3f}"
+                            for g in n.gates),
+         "promoted": (n.promoted_adapter or "")[:12],
+         "changed (and why a run failed)": "; ".join(
+             flags + ([n.detail or ""] if n.status == "failed" else []))}
+        for n, flags in reversed(night_rows(nights))
+    ]  # fmt: skip
+    console.print(_table(f"{len(nights)} pipeline runs in {workspace}", rows))
+    if trends is not None:
+        console.print(f"trends report: {write_trends(trends, nights)}", soft_wrap=True)
+
+
+def _unfinished(run: dict[str, Any]) -> str:
+    state = {True: "is still running", False: "was abandoned (its process is gone)",
+             None: "has not finished"}[run["alive"]]  # fmt: skip
+    return f"{state}: {run['verdicts']} partial verdict(s)"
+
+
+def _report_conservation(lineage: Any, run_id: str, unfinished: dict[str, Any] | None) -> None:
+    """Input rows = accepted + rejected, checked for a finished run, reported for another."""
+    (run,) = lineage.query("SELECT status FROM runs WHERE run_id = ?", [run_id]) or [None]
+    n = lineage.query(
+        "SELECT (SELECT count(*) FROM row_verdicts WHERE run_id = ?) AS verdicts, "
+        "(SELECT sum(n_rows) FROM sources WHERE run_id = ?) AS rows_in",
+        [run_id, run_id])[0]  # fmt: skip
+    if unfinished is not None or (run and run["status"] == "abandoned"):
+        err.print(f"WARNING: run {run_id} did not finish ({run and run['status']}): "
+                  f"{n['verdicts']} verdict(s) recorded, input size unknown; not conserved",
+                  markup=False, soft_wrap=True)  # fmt: skip
+    elif n["rows_in"] is not None and n["rows_in"] != n["verdicts"]:
+        err.print(f"WARNING: run {run_id}: {n['rows_in']} rows in, {n['verdicts']} verdicts: "
+                  "conservation broken", markup=False, soft_wrap=True)  # fmt: skip
+
+
 @app.command("lineage")
 def lineage_cmd(
     adapter_id: Annotated[str, typer.Argument(help="Adapter id (a unique prefix is enough).")],
@@ -308,9 +434,9 @@ def lineage_cmd(
     from tunegate.lineage import LineageError
 
     try:
-        chain = _lineage(workspace).chain(adapter_id)
+        chain = _lineage(workspace, read_only=True).chain(adapter_id)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     if as_json:
         console.print_json(json.dumps(chain, default=str))
@@ -357,18 +483,22 @@ def inspect_cmd(
     ids: Annotated[bool, typer.Option("--ids", help="Print each token's id too.")] = False,
 ) -> None:
     """Show a row as the trainer sees it: trained tokens in green, token and label counts."""
+    from tunegate.chat import ChatError, chat_findings, end_of_turn, load_tokenizer
     from tunegate.lineage import LineageError
-    from tunegate.models import resolve_base_model
-    from tunegate.quality.template import inspect_row, load_tokenizer
+    from tunegate.models import config_base_model, resolve_base_model
+    from tunegate.quality.template import inspect_row
 
     cfg = _config(config)
     try:
         record = _lineage(workspace or cfg.workspace_dir).record(row_id)
-    except LineageError as exc:
-        err.print(f"[red]{exc}[/red]")
+        model_dir = model or resolve_base_model(config_base_model(cfg), cfg.workspace_dir).path
+        tokenizer = load_tokenizer(model_dir, cfg)
+        end = end_of_turn(tokenizer, cfg.model.end_of_turn)
+    except (LineageError, ChatError) as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    model_dir = model or resolve_base_model(cfg.model.base_model, cfg.workspace_dir).path
-    shown = inspect_row(load_tokenizer(model_dir), json.loads(record["messages_json"]), ids)
+    messages = json.loads(record["messages_json"])
+    shown = inspect_row(tokenizer, messages, ids, end)
     console.rule(f"record {record['record_id'][:16]} ({record['origin']})")
     console.print(shown.text, highlight=False, markup=False)
     console.rule()
@@ -381,8 +511,11 @@ def inspect_cmd(
         stop = "stop token trained" if turn.eos_trained else "[red]stop token NOT trained[/red]"
         console.print(f"  message {turn.message}: tokens {turn.start}-{turn.stop}, "
                       f"{turn.trained} answer tokens trained, {stop}")  # fmt: skip
+    console.print(f"end of turn {end.text!r} ({end.source})", highlight=False)
+    for finding in chat_findings(tokenizer, end):  # about the model, not this row
+        console.print(f"[yellow]model[/yellow] {finding['message']}", highlight=False)
     if shown.error:
-        err.print(f"[red]the trainer cannot use this row:[/red] {shown.error}")
+        err.print(f"[red]the trainer cannot use this row:[/red] {escape(str(shown.error))}")
         raise typer.Exit(1)
 
 
@@ -397,13 +530,53 @@ def review_serve(
     run_id: RunOpt = None,
     host: str = "127.0.0.1",
     port: int = 8765,
+    reviewer: Annotated[
+        list[str] | None,
+        typer.Option(help="Reviewer name; a token is generated for each and printed once."),
+    ] = None,
+    tokens: Annotated[
+        Path | None, typer.Option(help="File of `NAME TOKEN` lines: tokens set up beforehand.")
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None, typer.Option(help="Another Host name the page answers to.")
+    ] = None,
+    max_body_kb: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024,
 ) -> None:
-    """A local web page listing pending rows with accept / reject / edit."""
-    from tunegate.review.web import serve
+    """A local web page listing pending rows with accept / reject / edit (token sign-in)."""
+    import getpass
+
+    from tunegate.review.guard import LOOPBACK_NAMES, Guard, load_tokens, new_tokens
+    from tunegate.review.web import bind_warning, serve
 
     lineage = _lineage(workspace)
-    console.print(f"review page at http://{host}:{port}/ (Ctrl-C stops)")
-    serve(lineage, run_id, host, port)
+    try:
+        configured = load_tokens(tokens) if tokens else {}
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container user with no name
+            user = "reviewer"
+        generated = new_tokens(reviewer or ([] if tokens else [user]))
+        hosts = {*LOOPBACK_NAMES, *(allow_host or [])}
+        if host not in ("0.0.0.0", "::"):
+            hosts.add(host)
+        guard = Guard(configured | generated, hosts, max_body_bytes=max_body_kb * 1024)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]cannot start the review page:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    warning = bind_warning(host, guard)
+    if warning:
+        err.print(f"[yellow]{escape(warning)}[/yellow]")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
+    console.print(f"review page at {base} (Ctrl-C stops)", markup=False, highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    if tokens:
+        console.print(f"sign in with a token of {tokens}: {base}?token=TOKEN", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    for token, name in generated.items():  # printed once: they live as long as the server
+        console.print(f"  sign-in link for {name}: {base}?token={token}", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    serve(lineage, guard, run_id, host, port)
 
 
 @review_app.command("export")
@@ -417,9 +590,9 @@ def review_export(
     from tunegate.review.stage import ReviewError
 
     try:
-        n = export_queue(_lineage(workspace), out, run_id)
+        n = export_queue(_lineage(workspace, read_only=True), out, run_id)
     except ReviewError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"wrote {n} pending row(s) to {out}")
 
@@ -437,12 +610,12 @@ def review_import(
     try:
         summary = import_decisions(_lineage(workspace), path, reviewer)
     except ReviewError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     console.print(f"applied {summary.applied}, kept for later runs {summary.kept}, "
                   f"without decision {summary.blank}, errors {len(summary.errors)}")  # fmt: skip
     for line in summary.errors:
-        err.print(f"[red]{line}[/red]")
+        err.print(f"[red]{escape(line)}[/red]")
     if summary.errors:
         raise typer.Exit(1)
 
@@ -476,7 +649,7 @@ def promote(
     try:
         decision = promote_adapter(_lineage(workspace), adapter, alias, force=force, reason=reason)
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     _decision_exit(decision)
 
@@ -494,7 +667,7 @@ def rollback(
     try:
         decision = rollback_alias(_lineage(workspace), alias, reason)
     except RegistryError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     _decision_exit(decision)
 
@@ -508,7 +681,7 @@ def registry_list(workspace: WorkspaceOpt = Path(".tunegate")) -> None:
     """Every alias, the adapter it points at, and the decision that put it there."""
     rows = [{"alias": r["alias"], "adapter": r["adapter_id"][:16], "since": r["updated_at"],
              "by": r["actor"], "decision": r["decision"]}
-            for r in _lineage(workspace).aliases()]  # fmt: skip
+            for r in _lineage(workspace, read_only=True).aliases()]  # fmt: skip
     console.print(_table("aliases", rows) if rows else "no alias points at an adapter yet")
 
 
@@ -518,7 +691,7 @@ def registry_show(alias: Annotated[str, typer.Argument(help="Registry alias.")],
     """An alias's adapter: path, files digest, its latest gates and whether it may ship."""
     from tunegate.registry import release_check
 
-    lineage = _lineage(workspace)
+    lineage = _lineage(workspace, read_only=True)
     entry = next((a for a in lineage.aliases() if a["alias"] == alias), None)
     if entry is None:
         err.print(f"[red]alias {alias!r} points at no adapter[/red]")
@@ -540,7 +713,8 @@ def registry_history(alias: Annotated[str, typer.Argument(help="Registry alias."
     """Every decision about an alias, oldest first: promotions, forced ones, rollbacks, refusals."""
     rows = [{"when": r["created_at"], "decision": r["decision"], "adapter": r["adapter_id"][:12],
              "from": (r["previous_adapter_id"] or "")[:12], "by": r["actor"],
-             "reason": r["reason"]} for r in _lineage(workspace).alias_history(alias)]  # fmt: skip
+             "reason": r["reason"]}
+            for r in _lineage(workspace, read_only=True).alias_history(alias)]  # fmt: skip
     console.print(_table(f"history of {alias}", rows) if rows else f"no decision about {alias!r}")
 
 
@@ -565,7 +739,7 @@ def gate_check(
         err.print("give an ADAPTER or --alias, not both")
         raise typer.Exit(2)
     try:
-        check = release_check(_lineage(workspace), alias=alias, ref=adapter)
+        check = release_check(_lineage(workspace, read_only=True), alias=alias, ref=adapter)
     except RegistryError as exc:
         err.print(f"release gate: FAIL {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -582,3 +756,66 @@ def gate_check(
 
 if __name__ == "__main__":
     app()
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The lineage database: check, back up, restore.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("check")
+def db_check(
+    workspace: WorkspaceOpt = Path(".tunegate"),
+    deep: Annotated[bool, typer.Option(help="Read every block (DuckDB checksums).")] = False,
+) -> None:
+    """Exit 0 if the lineage file is whole (and, with --deep, every block reads back)."""
+    from tunegate.lineage import Lineage, damaged_message
+
+    db = workspace / "lineage.duckdb"
+    if not db.is_file():
+        err.print(f"no lineage database at {db}", markup=False)
+        raise typer.Exit(1)
+    why = Lineage.unchecked(db).damage(deep=deep)
+    if why:
+        err.print(damaged_message(str(db), why), markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"ok {db}" + (" (every block read)" if deep else ""), markup=False)
+
+
+@db_app.command("backup")
+def db_backup(
+    out: Annotated[Path, typer.Argument(help="Folder for one Parquet file per table.")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Save every table as Parquet (a damaged file: every table still readable); exit 1 if
+    some table could not be read."""
+    from tunegate.lineage import Lineage
+
+    db = workspace / "lineage.duckdb"
+    if not db.is_file():
+        err.print(f"no lineage database at {db}", markup=False)
+        raise typer.Exit(1)
+    summary = Lineage.unchecked(db).backup(out)  # as is, even damaged
+    rows = sum(summary["tables"].values())
+    console.print(f"backed up {len(summary['tables'])} tables ({rows} rows) to {out}",
+                  markup=False, soft_wrap=True)  # fmt: skip
+    for table, why in summary["unreadable"].items():
+        err.print(f"unreadable: {table}: {why}", markup=False, soft_wrap=True)
+    if summary["unreadable"]:
+        raise typer.Exit(1)
+
+
+@db_app.command("restore")
+def db_restore(
+    backup: Annotated[Path, typer.Argument(help="A `tunegate db backup` folder.")],
+    workspace: WorkspaceOpt = Path(".tunegate"),
+) -> None:
+    """Rebuild the lineage file from a backup (move a damaged file aside first)."""
+    from tunegate.lineage import LineageError, restore_lineage
+
+    try:
+        restored = restore_lineage(backup, workspace / "lineage.duckdb")
+    except (LineageError, OSError, ValueError) as exc:
+        err.print(f"cannot restore: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"restored {sum(restored.values())} rows into {workspace / 'lineage.duckdb'}",
+                  markup=False, soft_wrap=True)  # fmt: skip

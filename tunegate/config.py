@@ -50,6 +50,22 @@ class SourceConfig(Section):
         description="Canonical key -> this source's key, e.g. `{output: response}` for rows "
         "that keep the answer under `response` (self-instruct predictions).",
     )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of JSON / JSONL / CSV files (e.g. `cp1252`); a row not valid "
+        "in it is a `schema` rejection naming the byte offset, never decoded with U+FFFD.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}") from None
+        return value
 
 
 class DataConfig(Section):
@@ -57,6 +73,12 @@ class DataConfig(Section):
     min_accepted_rows: int = Field(
         50, ge=1, description="Fewer accepted rows than this blocks the run: nothing to learn from."
     )
+    max_row_bytes: int = Field(
+        1 << 20, ge=1024,
+        description="A row larger than this (bytes of its line or CSV record; characters for "
+        "JSON arrays and parsed Parquet rows) is rejected `too_long` without being held in "
+        "memory: one hostile 50 MB line must not take the run's memory.",
+    )  # fmt: skip
 
 
 class DedupConfig(Section):
@@ -283,8 +305,38 @@ class ReviewConfig(Section):
 class ModelConfig(Section):
     base_model: str = Field(
         EMBEDDED_MODEL,
-        description="`embedded:smollm2-135m-instruct`, a local HF model directory or a hub id.",
+        description="`embedded:smollm2-135m-instruct`, a local HF model directory, a `.gguf` "
+        "file (de-quantized once into the workspace) or a hub id in the local cache.",
     )
+    chat_template: str | None = Field(
+        None,
+        description="Chat template to train and evaluate with: a shipped name (chatml, llama3, "
+        "qwen2.5, qwen3, gemma, gemma3, mistral, mistral_v1, mistral_tekken, phi3, phi4) or a "
+        "path to a `.jinja` file; null: the base model's own. Saved with the adapter.",
+    )
+    end_of_turn: str | None = Field(
+        None,
+        description="The token(s) ending an assistant turn; null: found by rendering the "
+        "template (the special token written after an answer), not taken from eos_token.",
+    )
+    system_role: Literal["keep", "fold_into_first_user", "reject"] = Field(
+        "keep",
+        description="System turns: pass to the template as they are; fold into the first user "
+        "message (for templates that refuse a system role, e.g. Gemma's); or reject such rows "
+        "(`template`).",
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, v: str | None) -> str | None:
+        from tunegate.chat import SHIPPED_TEMPLATES
+
+        if v is None or v in SHIPPED_TEMPLATES or v.endswith(".jinja"):
+            return v
+        raise ValueError(
+            f"unknown chat template {v!r}: expected one of {', '.join(SHIPPED_TEMPLATES)} or a "
+            "path to a .jinja file"
+        )
 
 
 class LoraConfig(Section):

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunegate.chat import ChatError
 from tunegate.config import PipelineConfig
-from tunegate.ingest import Rejected, file_sha256, ingest_file, source_files
+from tunegate.faults import fault_point
+from tunegate.ingest import Rejected, SourceError, file_sha256, ingest_file, source_files
 from tunegate.lineage import Lineage, Verdict
 from tunegate.quality.checks import BatchCheck, RowCheck
 from tunegate.quality.contamination import Contamination, EvalIndex
@@ -40,6 +42,7 @@ from tunegate.quality.template import (
     content_tokens,
     template_checks,
     template_gate,
+    template_probe,
 )
 from tunegate.records import Record
 
@@ -135,13 +138,22 @@ def _close(stages: Sequence[object]) -> None:
 
 def _rows(config: PipelineConfig, files: list[dict[str, object]]) -> Iterator[Record | Rejected]:
     """Every row of every source file in order; a file's entry is added once it is read."""
+    limit = config.data.max_row_bytes
     for src in config.data.sources:
-        for path in source_files(config.resolve(src.path)):
+        try:
+            paths = source_files(config.resolve(src.path))
+        except OSError as exc:
+            raise CurationError(f"source {src.path}: {exc}") from None
+        for path in paths:
             n_rows = 0
-            for item in ingest_file(path, src.format, src.origin, src.fields):
-                n_rows += 1
-                yield item
-            sha = file_sha256(path)
+            try:
+                for item in ingest_file(path, src.format, src.origin, src.fields, limit,
+                                        src.encoding):  # fmt: skip
+                    n_rows += 1
+                    yield item
+                sha = file_sha256(path)
+            except (SourceError, OSError) as exc:  # one clear error for the source, no traceback
+                raise CurationError(f"source {src.path}: {exc}") from None
             entry = {"path": str(path), "sha256": sha, "format": src.format, "origin": src.origin}
             files.append({**entry, "rows": n_rows})
 
@@ -231,7 +243,10 @@ def curate(
     replaces the row checks that follow the batch stages. Verdicts are written batch by
     batch and accepted records spooled to `<workspace>/curation/<run id>/accepted.jsonl`.
     """
-    checks = build_checks(config, tokenizer) if checks is None else checks
+    try:  # a model whose chat format cannot train (no end of turn) fails here, once
+        checks = build_checks(config, tokenizer) if checks is None else checks
+    except ChatError as exc:
+        raise CurationError(str(exc)) from None
     work = config.workspace_dir / "curation" / run_id
     work.mkdir(parents=True, exist_ok=True)
     stages = build_stages(config, work)
@@ -244,6 +259,9 @@ def curate(
             for batch in funnel.run(_rows(config, result.files)):
                 writer.add(batch.verdicts, batch.accepted)
         writer.close()  # everything in the database (or the write's error raised)
+        fault_point("verdicts_written")
+    except TemplateGateError as exc:  # the template fails on the data's shape: one error
+        raise CurationError(str(exc)) from None
     finally:
         writer.shutdown()
         accepted_records.close()
@@ -260,14 +278,17 @@ def curate(
                               str(f["origin"]), int(f["rows"]))  # type: ignore[call-overload]  # fmt: skip
     result.verdicts = RunVerdicts(lineage, run_id, [str(f["path"]) for f in result.files], total)
     log.info("curated %d rows: %s", total, dict(stats.counts))
+    for finding in model_findings(checks):
+        log.warning("%s", finding["message"])
     reports = config.resolve("reports") / run_id
     if config.contracts.batch_suite is not None:
         result.suite = validate_batch(
             curated_frame(stats), shipped_path(config, config.contracts.batch_suite),
             reports / "gx", {"min_accepted_rows": config.data.min_accepted_rows},
         )  # fmt: skip
+    notes = _report_notes(config, stages, checks)
     result.report = write_quality_report(reports / "quality.html", run_id, lineage, stats,
-                                         result.suite, _report_notes(config, stages))  # fmt: skip
+                                         result.suite, notes)  # fmt: skip
     try:
         result.template = template_gate(checks, funnel.row_check_verdicts, config.template)
     except TemplateGateError as exc:
@@ -287,9 +308,22 @@ def curate(
     return result
 
 
-def _report_notes(config: PipelineConfig, stages: Sequence[object]) -> dict[str, str]:
+def model_findings(checks: Sequence[object]) -> list[dict[str, str]]:
+    """Facts about the base model's chat format found by the template gate, once per run."""
+    probe = template_probe(checks)
+    return list(probe.findings) if probe is not None else []
+
+
+def _report_notes(
+    config: PipelineConfig, stages: Sequence[object], checks: Sequence[object] = ()
+) -> dict[str, str]:
     """Settings a reader needs to interpret the report (what was compared, how)."""
     notes = {"record contract": str(shipped_path(config, config.contracts.record_schema))}
+    probe = template_probe(checks)
+    if probe is not None:
+        notes["end of turn"] = f"{probe.end.text!r} (ids {list(probe.end.ids)}, {probe.end.source})"
+        for finding in probe.findings:
+            notes[f"model: {finding['code']}"] = finding["message"]
     for stage in stages:
         if isinstance(stage, NearDuplicates):
             p = stage.params

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from tunegate.chat import ChatError, end_of_turn, load_tokenizer
 from tunegate.config import PipelineConfig
 from tunegate.models import BaseModel, sha256_file
 from tunegate.precision import dtype_name, pick_device, resolve_dtype
@@ -142,9 +143,14 @@ def eval_dtype(config: PipelineConfig) -> str:
 
 
 def evaluate(
-    base: BaseModel, adapter_dir: Path | None, subject: str, tasks: Sequence[EvalTask]
-) -> list[EvalOutcome]:
-    """Run `tasks` for the base model (+ adapter): one model load, one lm-eval call per group."""
+    base: BaseModel, adapter_dir: Path | None, subject: str, tasks: Sequence[EvalTask],
+    config: PipelineConfig | None = None,
+) -> list[EvalOutcome]:  # fmt: skip
+    """Run `tasks` for the base model (+ adapter): one model load, one lm-eval call per group.
+
+    `config` gives the chat format (`model.chat_template`, `system_role`, `end_of_turn`) the
+    adapter was trained with; generation stops at the template's end of turn.
+    """
     # 1. Inputs: task definitions and data files, everything offline.
     for task in tasks:
         for path in (task.yaml, task.data):
@@ -158,7 +164,11 @@ def evaluate(
     if len(dtypes) != 1:
         raise EvalError(f"tasks of one evaluation must share a dtype, got {sorted(dtypes)}")
     (dtype,) = dtypes
-    model, tokenizer = load_model(base.path, adapter_dir, dtype)
+    model, tokenizer = load_model(base.path, adapter_dir, dtype, config)
+    try:
+        end = end_of_turn(tokenizer, config.model.end_of_turn if config else None)
+    except ChatError as exc:
+        raise EvalError(str(exc)) from None
 
     # 3. One lm-eval run per group of tasks that share the prompt style and settings.
     groups: dict[tuple[Any, ...], list[EvalTask]] = {}
@@ -167,7 +177,7 @@ def evaluate(
         groups.setdefault(key, []).append(task)
     outcomes = []
     for group in groups.values():
-        results, seconds = run_tasks(model, tokenizer, group)
+        results, seconds = run_tasks(model, tokenizer, group, stop=end.text)
         done = [to_outcome(results, task, subject=subject, seconds=seconds) for task in group]
         report_speed(subject, done, results, seconds)
         outcomes.extend(done)
@@ -175,7 +185,7 @@ def evaluate(
 
 
 def load_model(
-    model_dir: Path, adapter_dir: Path | None, dtype: str
+    model_dir: Path, adapter_dir: Path | None, dtype: str, config: PipelineConfig | None = None
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """Model in `dtype` on the best device, and tokenizer; an adapter is merged into the weights.
 
@@ -185,7 +195,7 @@ def load_model(
     rounded to `dtype` the same way.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter_dir is not None:
@@ -193,8 +203,12 @@ def load_model(
 
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     model.to(device=pick_device(), dtype=getattr(torch, dtype))
-    # The base tokenizer for both subjects: same prompt tokens, comparable scores.
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # The base tokenizer with the configured chat format for both subjects: same prompt
+    # tokens, comparable scores, and the prompt the adapter was trained with.
+    try:
+        tokenizer = load_tokenizer(model_dir, config)
+    except ChatError as exc:
+        raise EvalError(str(exc)) from None
     return model, tokenizer
 
 
@@ -202,6 +216,7 @@ def run_tasks(
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
     tasks: Sequence[EvalTask],
+    stop: str | None = None,
 ) -> tuple[dict, float]:
     """lm-eval's `simple_evaluate` on tasks that share their settings; results and seconds."""
     from lm_eval import simple_evaluate
@@ -224,7 +239,10 @@ def run_tasks(
             limit=first.limit,
             log_samples=True,
             apply_chat_template=first.chat,  # held-out: the training prompt, system turn included
-            gen_kwargs={"max_gen_toks": gen} if gen else None,  # merged into the task's own
+            # merged into the task's own; answers end at the template's end of turn
+            gen_kwargs={"max_gen_toks": gen, **({"until": [stop]} if stop else {})}
+            if gen
+            else None,
             bootstrap_iters=1000,  # > 0 for any stderr; mean metrics get the closed form
         )
         seconds = time.perf_counter() - start
@@ -328,7 +346,7 @@ def report_speed(subject: str, outcomes: list[EvalOutcome], results: dict, secon
     )
 
 
-def cache_key(task: EvalTask, base: BaseModel) -> str:
+def cache_key(task: EvalTask, base: BaseModel, chat: dict[str, Any] | None = None) -> str:
     """Everything a base model's scores on a task depend on, hashed: a later run with the
     same key may reuse them instead of evaluating the base model again.
 
@@ -349,6 +367,7 @@ def cache_key(task: EvalTask, base: BaseModel) -> str:
         "definition": {p.name: sha256_file(p) for p in definition},
         "data": sha256_file(task.data),
         "settings": task.settings(),
+        "chat": chat or {},  # model.chat_template / system_role / end_of_turn
         "device": pick_device(),
         "versions": {
             lib: importlib.metadata.version(lib) for lib in ("lm_eval", "transformers", "torch")

@@ -7,8 +7,9 @@ computed in training; it differs from the full-precision base by the NF4 roundin
 was trained with.
 
 Two formats:
-- `merge_adapter`: a safetensors model directory with its tokenizer, loadable by plain
-  transformers (and vLLM, TGI, ...), with `export.json` naming what it was made from;
+- `merge_adapter`: a safetensors model directory with its tokenizer and the adapter's generation
+  config (stop tokens = the trained end of turn), loadable by plain transformers (and vLLM,
+  TGI, ...), with `export.json` naming what it was made from;
 - `write_gguf`: that directory as one GGUF file (F32 or F16) for llama.cpp, written with the
   `gguf` package for Llama-architecture models with a byte-level BPE tokenizer (transformers
   reads GGUF but has no writer, and llama.cpp's converter is not a package).
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
     from tunegate.lineage import Lineage
 
 EXPORT_INFO = "export.json"
+# Llama 3's pre-tokenizer regex (as JSON-escaped in tokenizer.json): llama.cpp calls it llama-bpe.
+LLAMA3_SPLIT = json.dumps(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)[1:-1]
 GGUF_TYPES = ("f32", "f16")
 
 
@@ -63,7 +69,7 @@ def load_trained_base(base_dir: Path, quantization: str) -> PreTrainedModel:
 def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> MergedModel:
     """Write base + adapter as one standalone safetensors model directory."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} already exists and is not empty")
@@ -78,6 +84,8 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> MergedMod
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
+    if (adapter_dir / "generation_config.json").is_file():  # stops at the trained end of turn
+        GenerationConfig.from_pretrained(adapter_dir).save_pretrained(out_dir)
     sha = sha256_dir(out_dir)
     info = {"merged_sha256": sha, "adapter_id": manifest["adapter_id"],
             "base_model": manifest["base_model"], "base_dequantized_from": manifest["quantization"],
@@ -184,6 +192,8 @@ def _write_tokenizer(
     model = tokenizer["model"]
     if model.get("type") != "BPE" or tokenizer.get("decoder", {}).get("type") != "ByteLevel":
         raise ExportError("GGUF export handles byte-level BPE tokenizers only")
+    if pre_tokenizer == "default" and LLAMA3_SPLIT in json.dumps(tokenizer.get("pre_tokenizer")):
+        pre_tokenizer = "llama-bpe"  # Llama 3's split: GPT-2's would tokenize differently
     by_id = {i: t for t, i in model["vocab"].items()}
     control = {t["id"] for t in tokenizer.get("added_tokens", []) if t.get("special")}
     for added in tokenizer.get("added_tokens", []):

@@ -9,13 +9,20 @@ which; a source's `fields` maps canonical keys to its own (e.g. `output: respons
 
 A row that does not parse or convert is not dropped and does not crash the run: it
 becomes a rejected row (`schema`) whose detail names the file, the line and the field,
-and which keeps the raw text so a data team can fix and resubmit it.
+and which keeps the raw text so a data team can fix and resubmit it. Text arrives as
+written: JSONL and CSV are read as bytes, a UTF-8 byte-order mark is skipped, a row that is
+not valid in the source's `encoding` is a `schema` rejection naming the byte offset (never
+decoded to U+FFFD and trained on), a CSV row with more cells than the header is a `schema`
+rejection, and a row over `data.max_row_bytes` is `too_long` without being held in memory.
+A file that cannot be read at all (0-byte Parquet, a symlink loop) is one `SourceError`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -31,7 +38,14 @@ FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}  # fmt: skip
 _CHUNK = 1 << 20  # characters read at a time from a JSON file
-_MAX_ELEMENT = 256 << 20  # a JSON element larger than this is refused, not buffered
+MAX_ROW_BYTES = 1 << 20  # default `data.max_row_bytes`: ~250k tokens, far past any row we train
+_BOM = b"\xef\xbb\xbf"
+_PREVIEW = 2000  # characters of an oversized row kept as its raw text
+_INVALID = re.compile("[\udc80-\udcff]")  # bytes `surrogateescape` could not decode
+
+
+class SourceError(RuntimeError):
+    """A source file that cannot be read at all: one clear error naming it, not a traceback."""
 
 
 class RowError(ValueError):
@@ -52,6 +66,7 @@ class RawRow:
     error: str | None = None
     line: int | None = None
     text: str | None = field(default=None, repr=False)
+    reason: str = "schema"  # of the rejection when `data` is None: `schema` or `too_long`
 
     @property
     def raw(self) -> str:
@@ -71,6 +86,7 @@ class Rejected:
     message: str
     line: int | None = None
     raw: str | None = field(default=None, repr=False)
+    reason: str = "schema"
 
     @property
     def detail(self) -> str:
@@ -101,6 +117,9 @@ def source_files(path: Path) -> list[Path]:
     data files and saved datasets, sorted by path."""
     if path.is_file():
         return [path]
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{path}: a symbolic link that does not resolve (a loop, or a "
+                                "missing target)")  # fmt: skip
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if is_saved_dataset(path):
@@ -131,26 +150,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_rows(path: Path) -> Iterator[RawRow]:
+def read_rows(
+    path: Path, max_row_bytes: int = MAX_ROW_BYTES, encoding: str = "utf-8"
+) -> Iterator[RawRow]:
     """Stream rows from one data file or saved dataset, in file order, in bounded memory."""
-    name = str(path)
     if path.is_dir():
         yield from _saved_dataset_rows(path)
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8", errors="replace") as f:
-            for i, line in enumerate(f, start=1):
-                if line.strip():
-                    yield _json_row(name, i, line)
+        yield from _jsonl_rows(path, max_row_bytes, encoding)
     elif path.suffix == ".json":
-        yield from _json_file_rows(path)
+        yield from _json_file_rows(path, max_row_bytes, encoding)
     elif path.suffix == ".csv":
-        with path.open(encoding="utf-8", errors="replace", newline="") as f:
-            reader = csv.DictReader(f)
-            line = 2  # the header is line 1
-            for i, item in enumerate(reader, start=1):
-                data = {k: v for k, v in item.items() if k is not None}
-                yield RawRow(name, i, data, line=line)
-                line = reader.line_num + 1
+        yield from _csv_rows(path, max_row_bytes, encoding)
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -158,9 +169,132 @@ def read_rows(path: Path) -> Iterator[RawRow]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
             for item in batch.to_pylist():
                 i += 1
-                yield RawRow(name, i, item)
+                yield RawRow(str(path), i, item)
     else:
         raise ValueError(f"{path}: unsupported file type (use {', '.join(FILE_SUFFIXES)})")
+
+
+def _lines(f: Any, limit: int) -> Iterator[tuple[int, bytes, int]]:
+    """(byte offset, line, its full size) per line of a binary file; a BOM at the start is
+    skipped; of a line longer than `limit` only `limit + 1` bytes are kept (the rest is read
+    past, never held)."""
+    offset = 0
+    if f.read(3) != _BOM:
+        f.seek(0)
+    else:
+        offset = 3
+    while line := f.readline(limit + 1):
+        size = len(line)
+        if size > limit and not line.endswith(b"\n"):
+            while more := f.readline(1 << 20):
+                size += len(more)
+                if more.endswith(b"\n"):
+                    break
+        yield offset, line, size
+        offset += size
+
+
+def _too_long(size: int, limit: int) -> str:
+    return f"row is {size:,} bytes, over data.max_row_bytes = {limit:,} (not read further)"
+
+
+def _decode_error(exc: UnicodeDecodeError, offset: int, encoding: str) -> str:
+    byte = exc.object[exc.start : exc.start + 1].hex()
+    return f"not valid {encoding}: byte 0x{byte} at offset {offset + exc.start} of the file"
+
+
+def _jsonl_rows(path: Path, limit: int, encoding: str) -> Iterator[RawRow]:
+    name = str(path)
+    with path.open("rb") as f:
+        for i, (offset, line, size) in enumerate(_lines(f, limit), start=1):
+            if not line.strip():
+                continue
+            if size - line.endswith(b"\n") > limit:
+                yield RawRow(name, i, None, _too_long(size, limit), line=i, reason="too_long",
+                             text=line[:_PREVIEW].decode(encoding, "replace"))  # fmt: skip
+                continue
+            try:
+                text = line.decode(encoding)
+            except UnicodeDecodeError as exc:
+                yield RawRow(name, i, None, _decode_error(exc, offset, encoding), line=i,
+                             text=line.decode(encoding, "replace"))  # fmt: skip
+                continue
+            yield _json_row(name, i, text)
+
+
+class _LineTooLong(Exception):
+    """Raised through the CSV reader to end a record at a line over the size limit."""
+
+
+def _csv_rows(path: Path, limit: int, encoding: str) -> Iterator[RawRow]:
+    """CSV records (a quoted cell may span lines) checked against the header, size and bytes.
+
+    A line over the limit ends its record there (as `too_long`): read on, its cut-off quote
+    would swallow the rows after it.
+    """
+    name = str(path)
+    # a cell may be as large as a row (the module's default, 128 KiB, would raise on one)
+    csv.field_size_limit(max(csv.field_size_limit(), limit + 1))
+    with path.open("rb") as f:
+        taken: list[tuple[int, bytes, int]] = []  # the physical lines of the record being read
+        lines = _lines(f, limit)
+
+        def decoded() -> Iterator[str]:
+            for item in lines:
+                taken.append(item)
+                if item[2] - item[1].endswith(b"\n") > limit:
+                    raise _LineTooLong
+                yield item[1].decode(encoding, "surrogateescape")
+
+        reader = csv.reader(decoded())
+        header = next(reader, None)
+        if header is None:
+            return
+        line, row = 1 + len(taken), 0  # line: where the next record starts
+        while True:
+            taken.clear()
+            error = None
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except _LineTooLong:
+                cells, error = None, "too_long"
+                reader = csv.reader(decoded())  # a fresh reader, from the next line on
+            except csv.Error as exc:
+                cells, error = None, str(exc)
+            if cells == []:  # a blank line is no row
+                line += len(taken)
+                continue
+            row += 1
+            size = sum(t[2] for t in taken)
+            text = b"".join(t[1] for t in taken)[:_PREVIEW].decode(encoding, "replace")
+            if error == "too_long" or size > limit + len(taken):  # line ends do not count
+                yield RawRow(name, row, None, _too_long(size, limit), line=line, text=text,
+                             reason="too_long")  # fmt: skip
+            elif error is not None or cells is None:
+                yield RawRow(name, row, None, f"not valid CSV ({error})", line=line, text=text)
+            elif any(_INVALID.search(c) for c in cells):
+                yield RawRow(name, row, None, _first_decode_error(taken, encoding), line=line,
+                             text=text)  # fmt: skip
+            elif len(cells) > len(header):
+                extra = len(cells) - len(header)
+                yield RawRow(name, row, None, f"{len(cells)} cells for {len(header)} columns: "
+                             f"{extra} cell(s) past the header", line=line, text=text)  # fmt: skip
+            else:
+                values = itertools.chain(cells, itertools.repeat(None))
+                yield RawRow(name, row, dict(zip(header, values, strict=False)),
+                             line=line)  # fmt: skip
+            line += len(taken)
+
+
+def _first_decode_error(taken: list[tuple[int, bytes, int]], encoding: str) -> str:
+    for offset, line, _ in taken:
+        try:
+            line.decode(encoding)
+        except UnicodeDecodeError as exc:
+            return _decode_error(exc, offset, encoding)
+    return f"not valid {encoding}"
 
 
 def _saved_dataset_rows(path: Path) -> Iterator[RawRow]:
@@ -180,6 +314,9 @@ def _json_row(source: str, row: int, line: str) -> RawRow:
     except json.JSONDecodeError as exc:
         return RawRow(source, row, None, f"not valid JSON ({exc.msg}: column {exc.colno})",
                       line=row, text=line)  # fmt: skip
+    except RecursionError:
+        return RawRow(source, row, None, "not valid JSON (nested too deeply)", line=row,
+                      text=line[:_PREVIEW])  # fmt: skip
     if not isinstance(data, dict):
         return RawRow(source, row, None, f"expected an object, got {type(data).__name__}",
                       line=row, text=line)  # fmt: skip
@@ -212,12 +349,20 @@ def _element_end(buf: str, pos: int) -> int | None:
     return None
 
 
-def _json_file_rows(path: Path) -> Iterator[RawRow]:
+def _json_file_rows(
+    path: Path, limit: int = MAX_ROW_BYTES, encoding: str = "utf-8"
+) -> Iterator[RawRow]:
     """Rows of a .json file: the elements of a top-level array, streamed; or, when the file
-    does not start with '[', JSON values one after another (JSON Lines saved as .json)."""
+    does not start with '[', JSON values one after another (JSON Lines saved as .json).
+
+    Sizes here count characters (the file is decoded as it streams); an element over `limit`
+    is skipped by a scanner that holds one chunk at a time.
+    """
     name = str(path)
     decoder = json.JSONDecoder()
-    with path.open(encoding="utf-8-sig", errors="replace") as f:
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    text_encoding = "utf-8-sig" if utf8 else encoding  # -sig: a byte-order mark is skipped
+    with path.open(encoding=text_encoding, errors="surrogateescape") as f:
         buf, pos, line, row, eof = "", 0, 1, 0, False
 
         def fill() -> None:
@@ -231,6 +376,37 @@ def _json_file_rows(path: Path) -> Iterator[RawRow]:
             end = _WS.match(buf, pos).end()  # type: ignore[union-attr]
             line += buf.count("\n", pos, end)
             pos = end
+
+        def skip_element() -> tuple[int, str]:
+            """Read past the element at `pos` without keeping it: (its size, its start)."""
+            nonlocal buf, pos, line
+            preview, size, depth, in_string, escaped = buf[pos : pos + _PREVIEW], 0, 0, False, False
+            bracketed = buf[pos] in "{["
+            while True:
+                i = pos
+                while i < len(buf):
+                    ch = buf[i]
+                    if in_string:
+                        escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+                    elif ch == '"':
+                        in_string = True
+                    elif ch in "{[":
+                        depth += 1
+                    elif ch in "}]" or (not bracketed and ch in ",\n"):
+                        depth -= ch in "}]"
+                        if depth <= 0:
+                            i += bracketed
+                            line += buf.count("\n", pos, i)
+                            size += i - pos
+                            pos = i
+                            return size, preview
+                    i += 1
+                line += buf.count("\n", pos, len(buf))
+                size += len(buf) - pos
+                pos = len(buf)
+                fill()
+                if eof:
+                    return size, preview
 
         fill()
         skip_ws()
@@ -256,23 +432,39 @@ def _json_file_rows(path: Path) -> Iterator[RawRow]:
                 value, end = decoder.raw_decode(buf, pos)
                 if end == len(buf) and not eof and not isinstance(value, dict | list):
                     raise json.JSONDecodeError("value may continue", buf, end)  # e.g. a number
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 end_or_none = _element_end(buf, pos)
-                if end_or_none is None and not eof and len(buf) - pos < _MAX_ELEMENT:
-                    fill()  # the element runs past the buffer: read on and try again
+                if end_or_none is None and not eof:
+                    if len(buf) - pos <= limit:
+                        fill()  # the element runs past the buffer: read on and try again
+                        continue
+                    size, preview = skip_element()
+                    row += 1
+                    yield RawRow(name, row, None, _too_long(size, limit), line=start_line,
+                                 text=preview, reason="too_long")  # fmt: skip
                     continue
                 end = len(buf) if end_or_none is None else end_or_none
                 row += 1
-                yield RawRow(name, row, None, f"not valid JSON ({exc.msg})", line=start_line,
-                             text=buf[start:end][:100_000])  # fmt: skip
+                why = "nested too deeply" if isinstance(exc, RecursionError) else exc.msg
+                yield RawRow(name, row, None, f"not valid JSON ({why})", line=start_line,
+                             text=buf[start:end][:_PREVIEW])  # fmt: skip
                 line += buf.count("\n", start, end)
                 pos = end
-                if end_or_none is None and not eof:  # too large to find its end: give up
-                    return
                 continue
             row += 1
             text = buf[start:end]
-            if isinstance(value, dict):
+            bad = _INVALID.search(text)
+            if end - start > limit:
+                yield RawRow(name, row, None, _too_long(end - start, limit), line=start_line,
+                             text=text[:_PREVIEW], reason="too_long")  # fmt: skip
+            elif bad:
+                offset = len(text[: bad.start()].encode(encoding, "surrogateescape"))
+                byte = text[bad.start()].encode(encoding, "surrogateescape").hex()
+                yield RawRow(name, row, None, f"not valid {encoding}: byte 0x{byte} at byte "
+                             f"{offset} of the row", line=start_line,
+                             text=text.encode(encoding, "surrogateescape").decode(
+                                 encoding, "replace"))  # fmt: skip
+            elif isinstance(value, dict):
                 yield RawRow(name, row, value, line=start_line, text=text)
             else:
                 yield RawRow(name, row, None, f"expected an object, got {type(value).__name__}",
@@ -378,31 +570,86 @@ def to_messages(
 
 
 def ingest_file(
-    path: Path, fmt: str, origin: str, fields: Mapping[str, str] | None = None
+    path: Path,
+    fmt: str,
+    origin: str,
+    fields: Mapping[str, str] | None = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    encoding: str = "utf-8",
 ) -> Iterator[Record | Rejected]:
-    """Yield a record or a rejection for every row of one file, in file order."""
-    detected = None if fmt == "auto" else fmt
-    for raw in read_rows(path):
+    """Yield a record or a rejection for every row of one file, in file order.
+
+    A file that cannot be read (or stops being readable) raises one `SourceError` naming it.
+    """
+    rows = read_rows(path, max_row_bytes, encoding)
+    detected, n = None if fmt == "auto" else fmt, 0
+    while True:
+        try:
+            raw = next(rows, None)
+        except (OSError, ValueError, csv.Error, RecursionError) as exc:
+            after = f" after row {n}" if n else ""
+            raise SourceError(f"{path}: cannot read this file{after}: {_cause(exc)}") from None
+        except Exception as exc:  # pyarrow's ArrowInvalid and kin: a file Arrow cannot read
+            if type(exc).__module__.split(".")[0] != "pyarrow":
+                raise
+            raise SourceError(f"{path}: cannot read this file: {_cause(exc)}") from None
+        if raw is None:
+            return
+        n += 1
         if raw.data is None:
             yield Rejected(raw.source, raw.row, "<row>", raw.error or "unreadable", raw.line,
-                           raw.raw)  # fmt: skip
+                           raw.raw, raw.reason)  # fmt: skip
             continue
         row_fmt = detected or detect_format(raw.data, fields)
         if row_fmt is None:
-            keys = ", ".join(sorted(raw.data)) or "none"
+            keys = ", ".join(sorted(map(str, raw.data))) or "none"
             yield Rejected(raw.source, raw.row, "<row>", f"unknown format (keys: {keys})",
                            raw.line, raw.raw)  # fmt: skip
             continue
         detected = detected or row_fmt  # the first readable row fixes the file's format
         try:
             messages = to_messages(raw.data, row_fmt, fields)
+            _check_text(messages, max_row_bytes)
         except RowError as exc:
-            yield Rejected(raw.source, raw.row, exc.field, str(exc), raw.line, raw.raw)
+            reason = "too_long" if exc.field == "<size>" else "schema"
+            yield Rejected(raw.source, raw.row, exc.field, str(exc), raw.line, _raw(raw), reason)
+            continue
+        except (ValueError, TypeError, RecursionError) as exc:  # an odd value, not a crash
+            yield Rejected(raw.source, raw.row, "<row>", f"cannot convert: {_cause(exc)}",
+                           raw.line, _raw(raw))  # fmt: skip
             continue
         row_origin = (
             raw.data.get("origin") if raw.data.get("origin") in ("human", "synthetic") else origin
         )
         yield Record(messages, row_origin, raw.source, raw.row, {"format": row_fmt, "raw": raw})
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _raw(raw: RawRow) -> str:
+    """The raw text of a row, even one whose values JSON cannot write back."""
+    try:
+        return raw.raw
+    except (ValueError, TypeError, RecursionError):
+        return repr(raw.data)[:_PREVIEW]
+
+
+def _check_text(messages: tuple[tuple[str, str], ...], limit: int) -> None:
+    """Text a record can hold: no lone surrogates (a JSON `\\ud800` parses but is no text),
+    and not over the row size limit (Parquet and Arrow rows arrive already parsed)."""
+    size = 0
+    for i, (_, content) in enumerate(messages):
+        size += len(content)
+        try:
+            content.isascii() or content.encode("utf-8")  # isascii: a flag, no scan
+        except UnicodeEncodeError as exc:
+            raise RowError(f"messages[{i}].content",
+                           f"unpaired surrogate at character {exc.start}") from None  # fmt: skip
+    if size > limit:
+        raise RowError("<size>", f"content is {size:,} characters, over data.max_row_bytes = "
+                       f"{limit:,}")  # fmt: skip
 
 
 def raw_text(record: Record) -> str | None:

@@ -22,6 +22,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from tunegate.process import Owner, current_owner, is_alive
+
 SCHEMA_VERSION = 5  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
 # 4: eval cache keys and per-sample prompts/scores, adapter file digests on gates and promotions
 # 5: three-valued gates (outcome, bounds, items used), per-choice log-likelihoods per item
@@ -38,7 +40,7 @@ REASON_CODES: dict[str, str] = {
     "synthetic_rejected": "synthetic row failed the automatic review heuristics",
     "review_rejected": "a human reviewer rejected the row",
     "review_pending": "flagged for human review, not (yet) accepted by a reviewer: not trained on",
-    "double_bos": "rendered row starts with more than one BOS token",
+    "double_bos": "(older runs) more than one BOS; now a once-per-run model finding",
     "template_parity": "generation prompt is not a token prefix of the training rendering",
     "stop_untrained": "an assistant turn's end-of-turn/EOS token is not a trained label",
     "loss_mask": "an assistant turn trains fewer than template.min_trained_tokens tokens",
@@ -49,6 +51,8 @@ CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS runs (
   run_id VARCHAR PRIMARY KEY, flow VARCHAR, config_hash VARCHAR, config_json VARCHAR,
   started_at TIMESTAMP, ended_at TIMESTAMP, status VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS run_owners (
+  run_id VARCHAR PRIMARY KEY, pid BIGINT, host VARCHAR, process_start VARCHAR);
 CREATE TABLE IF NOT EXISTS stage_runs (
   run_id VARCHAR, stage VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
   status VARCHAR, metrics_json VARCHAR);
@@ -203,11 +207,30 @@ class Lineage:
     # DuckDB allows one writer process; inside it, Prefect's task threads share this lock.
     _lock = threading.RLock()
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """Open (or create) the lineage file. It is first checked whole and of a known schema
+        version; a damaged one is refused (`LineageError` with the way out), so nothing writes
+        into it. `read_only` opens without DDL or migration: readers work on a read-only copy."""
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._memory = duckdb.connect(":memory:") if self.path == ":memory:" else None
+        if self._memory is None:
+            if read_only and not Path(self.path).is_file():
+                raise LineageError(f"{self.path}: no lineage database")
+            if Path(self.path).is_file() and Path(self.path).stat().st_size > 0:
+                problem = self.damage()
+                if problem:  # a reader too: its answers would be partial, or a traceback
+                    raise LineageError(damaged_message(self.path, problem))
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if read_only:
+            version = self.query("SELECT value FROM meta WHERE key = 'schema_version'")
+            if not version or int(version[0]["value"]) != SCHEMA_VERSION:
+                found = version[0]["value"] if version else "none"
+                raise LineageError(
+                    f"{self.path}: schema version {found}, this tunegate reads {SCHEMA_VERSION} "
+                    "(a writing command migrates an older file)"
+                )
+            return
         with self._tx() as con:
             con.execute(_DDL)
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -223,11 +246,87 @@ class Lineage:
                     f"{self.path}: schema version {row[0]}, this tunegate reads {SCHEMA_VERSION}"
                 )
 
+    # -- integrity, backup ------------------------------------------------------------------
+    @classmethod
+    def unchecked(cls, path: str | Path) -> Lineage:
+        """The file as it is, read-only, with no check, DDL or version test: what `db check`
+        and `db backup` need to look at (and save what they can of) a damaged file."""
+        lineage = cls.__new__(cls)
+        lineage.path, lineage.read_only, lineage._memory = str(path), True, None
+        return lineage
+
+    def damage(self, deep: bool = False) -> str | None:
+        """Why the file is damaged, or None. Always: it opens, and every block its tables use
+        lies inside the file (a truncated copy fails here); `deep`: every block of every table
+        is read, so DuckDB verifies each block's checksum (slow on a big file: `db check
+        --deep`)."""
+        with self._lock:  # no read-write connection of this process is open meanwhile
+            return self._damage(deep)
+
+    def _damage(self, deep: bool) -> str | None:
+        try:
+            con = _connect(self.path, read_only=True)
+        except duckdb.Error as exc:
+            return f"it does not open ({exc})"
+        try:
+            (block,) = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
+            tables = [
+                r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+            ]
+            last = con.execute(" UNION ALL ".join(
+                f"SELECT max(block_id) FROM pragma_storage_info('{t}')" for t in tables
+            )).fetchall() if tables else []  # fmt: skip
+            top = max((r[0] for r in last if r[0] is not None), default=-1)
+            need, size = _HEADER_BYTES + block * (top + 1), Path(self.path).stat().st_size
+            wal = Path(self.path + ".wal")  # not yet checkpointed: blocks may live there only
+            if size < need and not (wal.is_file() and wal.stat().st_size > 0):
+                return (f"it is {size:,} bytes, but its tables use blocks up to byte {need:,}: "
+                        "the file was cut short")  # fmt: skip
+            if deep:
+                for table in tables:
+                    # hashing each whole row reads every column's blocks, inside DuckDB
+                    con.execute(f'SELECT bit_xor(hash(t)) FROM "{table}" AS t').fetchone()
+        except duckdb.Error as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            con.close()
+        return None
+
+    def backup(self, out: Path) -> dict[str, Any]:
+        """Every table to `out/<table>.parquet` plus `backup.json` (schema version, rows per
+        table). A table that cannot be read is listed under `unreadable`, the rest still saved:
+        from a damaged file this saves what can be saved."""
+        out.mkdir(parents=True, exist_ok=True)
+        summary: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "tables": {},
+                                   "unreadable": {}, "source": self.path}  # fmt: skip
+        with self._lock:
+            con = self._memory or _connect(self.path, read_only=True)
+            try:
+                tables = [r[0] for r in con.execute(
+                    "SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]  # fmt: skip
+                version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+                summary["schema_version"] = int(version.fetchone()[0])
+                for table in tables:
+                    target = out / f"{table}.parquet"
+                    try:
+                        con.execute(f"COPY (SELECT * FROM \"{table}\") TO '{target}' "
+                                    "(FORMAT PARQUET)")  # fmt: skip
+                        n = con.execute(f"SELECT count(*) FROM '{target}'").fetchone()[0]
+                        summary["tables"][table] = n
+                    except duckdb.Error as exc:
+                        target.unlink(missing_ok=True)
+                        summary["unreadable"][table] = str(exc)
+            finally:
+                if self._memory is None:
+                    con.close()
+        (out / "backup.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
     @contextmanager
     def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One transaction on a short-lived connection (the file stays free between calls)."""
         with self._lock:
-            con = self._memory or _connect(self.path)
+            con = self._memory or _connect(self.path, read_only=self.read_only)
             try:
                 con.execute("BEGIN TRANSACTION")
                 yield con
@@ -251,11 +350,14 @@ class Lineage:
         self, flow: str, config_hash: str, config_json: str, run_id: str | None = None
     ) -> str:
         run_id = run_id or new_id("run")
+        owner = current_owner()  # so the next command can tell a killed run from a live one
         with self._tx() as con:
             con.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', NULL)",
                 [run_id, flow, config_hash, config_json, now()],
             )
+            con.execute("INSERT INTO run_owners VALUES (?, ?, ?, ?)",
+                        [run_id, owner.pid, owner.host, owner.start])  # fmt: skip
         return run_id
 
     def end_run(self, run_id: str, status: str, detail: str | None = None) -> None:
@@ -264,6 +366,30 @@ class Lineage:
                 "UPDATE runs SET ended_at = ?, status = ?, detail = ? WHERE run_id = ?",
                 [now(), status, detail, run_id],
             )
+
+    def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Runs still `running`, oldest first, with their owner (`alive`: True, False, or None
+        when the owner is on another host or unknown) and the verdicts they wrote so far."""
+        rows = self.query(
+            "SELECT r.run_id, r.flow, r.started_at, o.pid, o.host, o.process_start, "
+            "(SELECT count(*) FROM row_verdicts v WHERE v.run_id = r.run_id) AS verdicts "
+            "FROM runs r LEFT JOIN run_owners o USING (run_id) WHERE r.status = 'running' "
+            "ORDER BY r.started_at"
+        )
+        for r in rows:
+            r["alive"] = None if r["pid"] is None else is_alive(
+                Owner(int(r["pid"]), r["host"], r["process_start"]))  # fmt: skip
+        return rows
+
+    def latest_finished_run(self, with_verdicts: bool = True) -> dict[str, Any] | None:
+        """The newest run that ended (completed, failed, promoted, refused): never one that
+        is still running or was abandoned, whose verdicts are partial."""
+        sql = ("SELECT run_id, status, started_at FROM runs WHERE status NOT IN "
+               "('running', 'abandoned')")  # fmt: skip
+        if with_verdicts:
+            sql += " AND run_id IN (SELECT DISTINCT run_id FROM row_verdicts)"
+        rows = self.query(sql + " ORDER BY started_at DESC LIMIT 1")
+        return rows[0] if rows else None
 
     def record_stage(
         self, run_id: str, stage: str, started_at: datetime, status: str, metrics: dict[str, Any]
@@ -884,14 +1010,15 @@ class Lineage:
 # grows with the database (1.9 GB resident at 600k curated rows, for a moment); with it the
 # peak stays flat (0.9 GB) at the same speed, and big queries spill to disk instead.
 MEMORY_LIMIT = "512MB"
+_HEADER_BYTES = 3 * 4096  # DuckDB's main header and two database headers, before block 0
 
 
-def _connect(path: str, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+def _connect(path: str, wait_s: float = 30.0, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the file, waiting while another process (a review server, a flow) holds its lock."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return duckdb.connect(path, config={"memory_limit": MEMORY_LIMIT})
+            return duckdb.connect(path, read_only=read_only, config={"memory_limit": MEMORY_LIMIT})
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise
@@ -920,3 +1047,33 @@ def _rewrite_verdict(con: duckdb.DuckDBPyConnection, run_id: str, v: Verdict) ->
         raise LineageError(
             f"{v.source}:{v.source_row} has {n[0] if n else 0} verdicts in run {run_id}, expected 1"
         )
+
+
+def restore_lineage(backup: Path, path: Path) -> dict[str, int]:
+    """A new lineage file at `path` from a `Lineage.backup` folder (refuses to overwrite)."""
+    meta = json.loads((backup / "backup.json").read_text())
+    if meta["schema_version"] > SCHEMA_VERSION:
+        raise LineageError(f"{backup}: schema version {meta['schema_version']}, this tunegate "
+                           f"reads {SCHEMA_VERSION}")  # fmt: skip
+    if path.exists():
+        raise LineageError(f"{path} exists: move it aside first (restore never overwrites)")
+    lineage = Lineage(path)
+    restored: dict[str, int] = {}
+    with lineage._tx() as con:
+        con.execute("DELETE FROM meta")  # the backup's own row goes in; migrated below
+        for table in meta["tables"]:
+            con.execute(f"INSERT INTO \"{table}\" BY NAME SELECT * FROM "
+                        f"read_parquet('{backup / (table + '.parquet')}')")  # fmt: skip
+            restored[table] = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        if not con.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone():
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+    Lineage(path)  # migrates a backup of an older version
+    return restored
+
+
+def damaged_message(path: str, problem: str) -> str:
+    return (
+        f"{path} is damaged: {problem}. tunegate will not write into it. Recover: restore a "
+        f"backup (`tunegate db restore BACKUP_DIR`, after moving the damaged file aside), or "
+        f"save what is still readable with `tunegate db backup OUT_DIR` and restore that"
+    )

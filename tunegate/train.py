@@ -1,8 +1,8 @@
 """QLoRA training: a curated snapshot in, a LoRA adapter directory with a manifest out.
 
 The recipe reads top to bottom in `train_adapter`:
-  1. tokenize the snapshot with the base model's own chat template, labels on assistant turns
-     only, and set a seeded validation split aside;
+  1. tokenize the snapshot with the configured chat template (`tunegate.chat`), labels on
+     assistant turns and their end-of-turn token only, and set a seeded validation split aside;
   2. load the base model (NF4 with double quantization for QLoRA, else plain weights);
   3. train with TRL's `SFTTrainer`: padding-free micro-batches, loss only where there are
      labels, eval loss every N steps, a checkpoint every N steps in the workspace, and a
@@ -28,6 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunegate.chat import (
+    ChatError,
+    EndOfTurn,
+    chat_summary,
+    check_trained_tokens,
+    end_of_turn,
+    load_tokenizer,
+    tokenize_chat,
+)
 from tunegate.checkpoints import (
     checkpoint_dir,
     checkpoint_step,
@@ -72,72 +81,13 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-@dataclass(frozen=True)
-class TokenizedChat:
-    """One conversation as the model sees it; `assistant_mask` is 1 where the loss applies."""
-
-    input_ids: list[int]
-    assistant_mask: list[int]
-
-
 # 1. Tokenize ------------------------------------------------------------------------------------
 
 
-def render_ids(
-    tokenizer: PreTrainedTokenizerBase,
-    messages: list[dict[str, str]],
-    add_generation_prompt: bool = False,
-) -> list[int]:
-    """Token ids of the chat template's rendering: exactly what inference will feed the model."""
-    ids = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=False, add_generation_prompt=add_generation_prompt
-    )
-    return list(ids)
-
-
-def _check_prefix(prefix: list[int], full: list[int], what: str) -> None:
-    """Masks come from prefix lengths, so each prefix must tokenize as the start of the whole."""
-    if full[: len(prefix)] != prefix:
-        raise TrainError(
-            f"{what} does not tokenize as a prefix of the full conversation; the chat template "
-            "renders turns differently in context, so assistant tokens cannot be located"
-        )
-
-
-def tokenize_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
-) -> TokenizedChat:
-    """Render a conversation and mark the tokens of its assistant turns.
-
-    SmolLM2's template has no `{% generation %}` markers, so each assistant turn is located by
-    rendering the conversation up to it twice: once ending in the generation prompt (what the
-    model is given) and once including the turn (what it must produce). The tokens in between,
-    cut after the end-of-turn token, are the answer plus `<|im_end|>`: the model learns to stop,
-    while the newline the template adds after it stays unlabelled, as do system and user turns.
-    """
-    full = render_ids(tokenizer, messages)
-    mask = [0] * len(full)
-    end_id = tokenizer.eos_token_id
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        turn = render_ids(tokenizer, messages[: i + 1])
-        _check_prefix(prompt, full, f"the prompt before message {i}")
-        _check_prefix(turn, full, f"the conversation up to message {i}")
-        answer = turn[len(prompt) :]
-        if end_id not in answer:
-            raise TrainError(f"assistant message {i} renders without the end-of-turn token")
-        stop = len(prompt) + len(answer) - answer[::-1].index(end_id)
-        mask[len(prompt) : stop] = [1] * (stop - len(prompt))
-    if not any(mask):
-        raise TrainError("conversation has no assistant turn: nothing to learn from")
-    return TokenizedChat(full, mask)
-
-
 def build_dataset(
-    tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]], max_length: int
-) -> Dataset:
+    tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]], max_length: int,
+    end: EndOfTurn | None = None,
+) -> Dataset:  # fmt: skip
     """Pre-tokenized rows in the form TRL takes as is: `input_ids` + `assistant_masks`.
 
     A row longer than `max_length` is an upstream bug (curation measures lengths), so it stops the
@@ -145,11 +95,15 @@ def build_dataset(
     """
     from datasets import Dataset
 
+    try:
+        end = end or end_of_turn(tokenizer)
+    except ChatError as exc:
+        raise TrainError(str(exc)) from None
     rows = []
     for n, messages in enumerate(conversations, start=1):
         try:
-            chat = tokenize_chat(tokenizer, messages)
-        except TrainError as exc:
+            chat = tokenize_chat(tokenizer, messages, end)
+        except ChatError as exc:
             raise TrainError(f"snapshot row {n}: {exc}") from None
         if len(chat.input_ids) > max_length:
             raise TrainError(
@@ -448,14 +402,34 @@ def find_resume_point(work_dir: Path, resume: bool, procs: PartialState) -> Path
     return found
 
 
+def write_generation_config(
+    model_dir: Path, target: Path, stop_ids: list[int], pad_id: int | None
+) -> None:
+    """The base's generation config with the end of turn as stop token(s): generation stops
+    where the trained answers end, not at an `eos_token` the template never writes."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # the base has none
+        generation = GenerationConfig()
+    generation.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    if generation.pad_token_id is None and pad_id is not None:
+        generation.pad_token_id = pad_id
+    generation.save_pretrained(target)
+
+
 def save_adapter(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
-    manifest: dict[str, Any], extra: dict[str, object],
+    manifest: dict[str, Any], extra: dict[str, object], base_dir: Path,
 ) -> None:  # fmt: skip
-    """Weights, tokenizer and manifest, written aside and renamed into place in one step."""
+    """Weights, tokenizer, generation config and manifest, written aside and renamed into
+    place in one step."""
     partial = fresh_partial(output_dir)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    write_generation_config(base_dir, partial, manifest["chat"]["stop_token_ids"],
+                            tokenizer.pad_token_id)  # fmt: skip
     full = build_manifest(adapter_id=sha256_dir(partial), **manifest)
     write_manifest(partial, {**full, **extra})
     if output_dir.exists():
@@ -488,7 +462,7 @@ def train_adapter(
     `on_log` gets every train record (`loss`, `learning_rate`, `tokens_per_s`) and eval record
     (`eval_loss`) with its `step`, on the main process.
     """
-    from transformers import AutoTokenizer, ProgressCallback, set_seed
+    from transformers import ProgressCallback, set_seed
     from trl import SFTTrainer
 
     from tunegate.manifest import MANIFEST_KEYS
@@ -505,8 +479,14 @@ def train_adapter(
     check_output_dir(output_dir)
 
     # 1. tokenize: every row checked here, before minutes of model loading
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    dataset = build_dataset(tokenizer, read_snapshot(snapshot_path), train.max_seq_length)
+    try:
+        tokenizer = load_tokenizer(base.path, config)
+        end = end_of_turn(tokenizer, config.model.end_of_turn)
+        check_trained_tokens(base.path, tokenizer, end)
+    except ChatError as exc:
+        raise TrainError(str(exc)) from None
+    conversations = read_snapshot(snapshot_path)
+    dataset = build_dataset(tokenizer, conversations, train.max_seq_length, end)
     train_set, val_set = split_validation(dataset, train.validation_fraction, train.seed)
 
     # 2. load; the seed is set first so LoRA's random init is reproducible
@@ -566,8 +546,9 @@ def train_adapter(
                 "resumed_from_step": checkpoint_step(resume) if resume else None,
                 "metrics": metrics,
                 "log_history": curve,
+                "chat": chat_summary(tokenizer, end),
             }
-            save_adapter(trainer.model, tokenizer, output_dir, manifest, extra)
+            save_adapter(trainer.model, tokenizer, output_dir, manifest, extra, base.path)
             if train.checkpoint_steps:
                 shutil.rmtree(work_dir, ignore_errors=True)  # the adapter supersedes them
     procs.wait_for_everyone()

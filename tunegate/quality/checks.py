@@ -12,7 +12,7 @@ Python loop per row. Row checks run after them, one row at a time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -56,6 +56,9 @@ class Batch:
 
     def __init__(self, records: Sequence[Record]):
         self.records = records
+        # Would row i pass every row check (template, length)? The funnel sets this; a dedup
+        # stage keeps only a viable copy, so a group is lost only when no copy passes.
+        self.viable: Callable[[int], bool] = lambda i: True
         counts = np.fromiter((len(r.messages) for r in records), np.int64, len(records))
         self.message_start = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         self.message_record = np.repeat(np.arange(len(records), dtype=np.int64), counts)

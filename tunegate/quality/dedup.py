@@ -1,9 +1,10 @@
 """Exact duplicates over the whole conversation, and one answer reused for other prompts.
 
 Deterministic: rows are seen in source order and, among the rows that reach a check, the
-first occurrence is kept. Each rejected row names the row it duplicates (`source:row`) and
-a cluster id shared by every copy. The index holds one 64-bit key per kept row in sorted
-numpy arrays (`HashIndex`), so memory grows by ~16 bytes per kept row, not per input byte.
+first occurrence that passes the row checks (`Batch.viable`) is kept. Each rejected row
+names the row it duplicates (`source:row`) and a cluster id shared by every copy. The index
+holds one 64-bit key per kept row in sorted numpy arrays (`HashIndex`), so memory grows by
+~16 bytes per kept row, not per input byte.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class _KeyedDuplicates:
                 where = self.kept.where(first)
                 findings[i] = Finding(self.describe(where), duplicate_of=where,
                                       cluster_id=f"{self.cluster_prefix}{key:016x}")  # fmt: skip
+                continue
+            if not batch.viable(i):  # a copy the row checks reject: a later copy may be kept
                 continue
             earlier_of[key] = position = self.kept.add(batch.records[i])  # later copies in batch
             new_keys.append(key)

@@ -4,12 +4,15 @@
         -> near_dedup -> row checks (template, ...) -> accepted
 
 Each dedup stage remembers the rows that pass it, so the first occurrence among the rows
-reaching it is kept; a kept row may still fall at a later stage (its verdict says why),
-and its duplicates keep naming it. Rows stream through in batches of `batch_size`: a
-batch's verdicts go to the caller (who
-writes them to the lineage database) and its accepted records to a sink (a list in tests,
-a spool file in a run), so memory holds one batch plus the dedup indexes, whatever the
-input size. Each stage counts the rows it saw and rejected and the seconds it took.
+reaching it is kept; but a dedup stage keeps only a copy that passes the row checks
+(`Batch.viable`: template, length; asked of the first copies only, and remembered for the
+row-check stage), so a group is lost only when no copy passes: a whitespace variant that
+fails `template_parity` does not push out its clean copy. A kept row may still fall at a
+later batch stage (its verdict says why), and its duplicates keep naming it. Rows stream
+through in batches of `batch_size`: a batch's verdicts go to the caller (who writes them to
+the lineage database) and its accepted records to a sink (a list in tests, a spool file in a
+run), so memory holds one batch plus the dedup indexes, whatever the input size. Each stage
+counts the rows it saw and rejected and the seconds it took.
 """
 
 from __future__ import annotations
@@ -90,6 +93,15 @@ def where(record: Record) -> str:
     )
 
 
+@dataclass
+class _RowCheckRun:
+    """One row through the row checks: which failed (index) and why, and each check's time."""
+
+    failed: int | None = None
+    detail: str | None = None
+    times: list[tuple[float, float]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class BatchOutcome:
     """One batch judged: a verdict per input row (input order), accepted and parsed records."""
@@ -165,13 +177,21 @@ class Funnel:
         positions: list[int] = []
         for k, item in enumerate(chunk):
             if isinstance(item, Rejected):
-                verdicts[k] = Verdict(item.source, item.row, None, "ingest", "rejected", "schema",
-                                      item.detail, raw=item.raw)  # fmt: skip
+                verdicts[k] = Verdict(item.source, item.row, None, "ingest", "rejected",
+                                      item.reason, item.detail, raw=item.raw)  # fmt: skip
                 ingest.rejected += 1
             else:
                 records.append(item)
                 positions.append(k)
         batch = Batch(records)
+        failures: dict[int, _RowCheckRun] = {}  # row checks run early for a dedup stage
+
+        def row_checks(i: int) -> _RowCheckRun:
+            if i not in failures:
+                failures[i] = self._run_row_checks(records[i])
+            return failures[i]
+
+        batch.viable = lambda i: row_checks(i).failed is None
         alive = list(range(len(records)))
         c0 = time.thread_time()
         stats.words_before.extend(batch.role_words.sum(axis=1).tolist())  # hashes the words
@@ -199,7 +219,7 @@ class Funnel:
         kept: list[int] = []
         for i in alive:
             r = records[i]
-            verdict = self._row_checks(r)
+            verdict = self._row_checks(r, row_checks(i))
             if verdict is None:
                 verdict = Verdict(r.source, r.source_row, r.record_id, ACCEPTED_STAGE, "accepted")
                 accepted.append(r)
@@ -210,21 +230,33 @@ class Funnel:
         stats.overhead["verdicts"] += time.thread_time() - c0
         return BatchOutcome([v for v in verdicts if v is not None], accepted, records)
 
-    def _row_checks(self, record: Record) -> Verdict | None:
-        for check in self.row_checks:
-            stat = self.stats.stages[getattr(check, "stage", check.reason)]
-            stat.rows_in += 1
+    def _run_row_checks(self, record: Record) -> _RowCheckRun:
+        """Every row check in order until one fails; no stats yet (the row may never get there)."""
+        run = _RowCheckRun()
+        for k, check in enumerate(self.row_checks):
             t0, c0 = time.perf_counter(), time.thread_time()
             detail = check(record)
-            stat.seconds += time.perf_counter() - t0
-            stat.cpu_seconds += time.thread_time() - c0
+            run.times.append((time.perf_counter() - t0, time.thread_time() - c0))
             if detail is not None:
-                stat.rejected += 1
-                v = Verdict(record.source, record.source_row, record.record_id,
-                            getattr(check, "stage", check.reason), "rejected", check.reason,
-                            f"{where(record)}: {detail}", raw=raw_text(record))  # fmt: skip
-                self.row_check_verdicts.append(v)
-                return v
+                run.failed, run.detail = k, detail
+                break
+        return run
+
+    def _row_checks(self, record: Record, run: _RowCheckRun) -> Verdict | None:
+        """The row-check stage for a row that reached it: stats, and its verdict if one failed."""
+        for check, (seconds, cpu) in zip(self.row_checks, run.times, strict=False):
+            stat = self.stats.stages[getattr(check, "stage", check.reason)]
+            stat.rows_in += 1
+            stat.seconds += seconds
+            stat.cpu_seconds += cpu
+        if run.failed is not None:
+            check = self.row_checks[run.failed]
+            self.stats.stages[getattr(check, "stage", check.reason)].rejected += 1
+            v = Verdict(record.source, record.source_row, record.record_id,
+                        getattr(check, "stage", check.reason), "rejected", check.reason,
+                        f"{where(record)}: {run.detail}", raw=raw_text(record))  # fmt: skip
+            self.row_check_verdicts.append(v)
+            return v
         for check in self.row_checks:
             check.accept(record)
         return None

@@ -223,7 +223,7 @@ class NearDuplicates:
                 if sim >= self.threshold and (best is None or sim > best[0]):
                     best = (sim, pos)
             for k in sorted(in_batch.get(j, ())):
-                if not passed[k]:
+                if not passed[k] or not batch.viable(rows[k]):  # only a keepable copy counts
                     continue
                 self.n_candidates += 1
                 sim = jaccard(set_of(j), set_of(k))
@@ -232,7 +232,10 @@ class NearDuplicates:
             if best is not None:
                 passed[j] = False
                 matches[j] = best
-        kept_rows = np.flatnonzero(passed)
+        # a copy the row checks reject is not kept: a later copy of its group may be
+        keep = passed & np.fromiter((passed[j] and batch.viable(rows[j]) for j in range(n)),
+                                    bool, n)  # fmt: skip
+        kept_rows = np.flatnonzero(keep)
         positions = base + np.arange(len(kept_rows))
         position_of = dict(zip(kept_rows.tolist(), positions.tolist(), strict=True))
         for j in kept_rows.tolist():
@@ -249,7 +252,7 @@ class NearDuplicates:
             )  # fmt: skip
         sizes = np.diff(set_start)[kept_rows]
         element_row = np.repeat(np.arange(n), np.diff(set_start))
-        self.spool.append(values[passed[element_row]], sizes)
+        self.spool.append(values[keep[element_row]], sizes)
         new = hits[kept_rows].ravel() < 0  # band keys no kept row had yet
         band_positions = np.repeat(positions, bands).astype(np.int64)
         self.index.add(keys[kept_rows].ravel()[new], band_positions[new], absent=True)

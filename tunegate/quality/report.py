@@ -76,7 +76,7 @@ def _from_raw(raw: str) -> list[dict[str, str]] | None:
         data = json.loads(raw)
         fmt = detect_format(data) if isinstance(data, dict) else None
         pairs = to_messages(data, fmt) if fmt else None
-    except (ValueError, RowError):
+    except (ValueError, TypeError, RowError, RecursionError):  # hostile rows stay raw text
         return None
     return [{"role": r, "content": c} for r, c in pairs] if pairs else None
 

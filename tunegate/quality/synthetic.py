@@ -195,22 +195,26 @@ def answer_perplexities(
     training at. Rows the trainer cannot tokenize get NaN (the template gate reports those).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from tunegate.train import tokenize_chat
+    from tunegate.chat import ChatError, end_of_turn, load_tokenizer, tokenize_chat
 
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
+    out = [math.nan] * len(records)
+    try:  # a model without a usable chat format is the template gate's to report
+        tokenizer = tokenizer or load_tokenizer(model_dir)
+        end = end_of_turn(tokenizer)
+    except ChatError:
+        return out
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows: list[tuple[int, list[int], list[int]]] = []
     for k, record in enumerate(records):
         try:
-            chat = tokenize_chat(tokenizer, record.as_messages())
+            chat = tokenize_chat(tokenizer, record.as_messages(), end)
         except Exception:  # a template failure is the template gate's to report
             continue
         rows.append((k, chat.input_ids[:max_length], chat.assistant_mask[:max_length]))
-    out = [math.nan] * len(records)
     rows.sort(key=lambda r: len(r[1]))  # similar lengths per batch: little padding
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):

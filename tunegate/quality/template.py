@@ -8,15 +8,18 @@ with the base model's own tokenizer and template, and rejects under its own reas
 | check | reason | property |
 | --- | --- | --- |
 | `ControlTokens` | `template` | no special/control token of the tokenizer in any content |
-| `TemplateRenders` | `template` | the chat template renders the row without error |
+| `SystemTurn` | `template` | no system turn, with `model.system_role: reject` only |
+| `TemplateRenders` | (run) | the chat template renders the row; else one run-level error |
 | `SequenceLength` | `too_long` | tokens ≤ `train.max_seq_length` (never truncated) |
-| `SingleBos` | `double_bos` | one BOS at most, also when the rendered text is re-tokenized |
 | `TemplateParity` | `template_parity` | each generation prompt is a token prefix of the row |
-| `StopTokenTrained` | `stop_untrained` | each assistant turn's EOS token is a trained label |
+| `StopTokenTrained` | `stop_untrained` | each assistant turn's end-of-turn token(s) are trained |
 | `AssistantTokensTrained` | `loss_mask` | each assistant turn trains ≥ N answer tokens |
 
-The loss mask is the trainer's own (`tunegate.train.tokenize_chat`), so what is checked here
-is what trains. Run level: `template_gate` blocks a run whose rejected share is too high.
+The loss mask and the end of turn are the trainer's own (`tunegate.chat`), so what is checked
+here is what trains. Facts about the model rather than a row (a template that fails on the
+data's shape, no detectable end of turn, a double BOS when serving) are one run-level error or
+one finding (`TemplateProbe.findings`), never thousands of identical row rejections. Run level:
+`template_gate` blocks a run whose rejected share is too high.
 """
 
 from __future__ import annotations
@@ -24,13 +27,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tunegate.chat import (
+    ChatError,
+    EndOfTurn,
+    chat_findings,
+    end_of_turn,
+    model_name,
+    render_ids,
+    special_ids,
+    tokenize_chat,
+)
 from tunegate.config import PipelineConfig, TemplateConfig
 from tunegate.lineage import Verdict
 from tunegate.records import Record
-from tunegate.train import TrainError, render_ids, tokenize_chat
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -38,20 +49,12 @@ if TYPE_CHECKING:
 
     from tunegate.quality.checks import RowCheck
 
-TEMPLATE_REASONS = (
-    "template", "too_long", "double_bos", "template_parity", "stop_untrained", "loss_mask",
-)  # fmt: skip
+TEMPLATE_REASONS = ("template", "too_long", "template_parity", "stop_untrained", "loss_mask")
 
 
 class TemplateGateError(RuntimeError):
-    """Too many rows fail the template checks: the template or tokenizer is wrong, not the rows."""
-
-
-def load_tokenizer(model_dir: Path | str) -> PreTrainedTokenizerBase:
-    """Only the tokenizer of a model directory (fast: no weights are read)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
+    """The template or tokenizer is wrong, not the rows: too many rejections, or a template
+    that fails on the data's shape."""
 
 
 def content_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[Sequence[Record]], list[int]]:
@@ -66,13 +69,17 @@ def content_tokens(tokenizer: PreTrainedTokenizerBase) -> Callable[[Sequence[Rec
 
 
 def control_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """Strings content must never hold: special tokens, and added tokens the template uses."""
+    """Strings content must never hold: special tokens, and added tokens the template uses.
+
+    Plain added tokens that are only whitespace (Gemma's "\n", "\n\n") are text: content with
+    a newline is fine even though the template writes one.
+    """
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     tokens = set(tokenizer.all_special_tokens)
     for added in tokenizer.added_tokens_decoder.values():
-        if added.special or added.content in template:
+        if added.special or (added.content in template and added.content.strip()):
             tokens.add(added.content)
-    return sorted((t for t in tokens if t), key=len, reverse=True)
+    return sorted((t for t in tokens if t.strip()), key=len, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -83,15 +90,16 @@ class TurnSpan:
     start: int
     stop: int
     trained: int
-    eos_trained: bool
+    eos_trained: bool  # the end-of-turn token(s) close the turn's labels
 
 
 class Analysis:
     """Everything the checks need about one record, computed lazily and at most once."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, record: Record):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, record: Record, end: EndOfTurn):
         self.tokenizer = tokenizer
         self.messages = record.as_messages()
+        self.end = end
 
     @cached_property
     def rendered(self) -> tuple[list[int] | None, str | None]:
@@ -105,21 +113,15 @@ class Analysis:
     def ids(self) -> list[int]:
         ids, error = self.rendered
         if ids is None:
-            raise TrainError(f"chat template fails: {error}")
+            raise ChatError(f"chat template fails: {error}")
         return ids
-
-    @cached_property
-    def text(self) -> str:
-        return str(
-            self.tokenizer.apply_chat_template(self.messages, tokenize=False, return_dict=False)
-        )
 
     @cached_property
     def mask(self) -> tuple[list[int] | None, str | None]:
         """The trainer's assistant mask, or why the trainer cannot build one for this row."""
         try:
-            chat = tokenize_chat(self.tokenizer, self.messages)
-        except TrainError as exc:
+            chat = tokenize_chat(self.tokenizer, self.messages, self.end)
+        except ChatError as exc:
             return None, str(exc)
         return chat.assistant_mask, None
 
@@ -150,7 +152,7 @@ class Analysis:
         mask, _ = self.mask
         if mask is None:
             return []
-        eos = self.tokenizer.eos_token_id
+        end = list(self.end.ids)
         spans = []
         for i, message in enumerate(self.messages):
             if message["role"] != "assistant":
@@ -158,7 +160,8 @@ class Analysis:
             start = len(render_ids(self.tokenizer, self.messages[:i], add_generation_prompt=True))
             stop = len(render_ids(self.tokenizer, self.messages[: i + 1]))
             labels = [t for t, m in zip(self.ids[start:stop], mask[start:stop], strict=True) if m]
-            spans.append(TurnSpan(i, start, stop, sum(t != eos for t in labels), eos in labels))
+            closed = len(labels) >= len(end) and labels[-len(end) :] == end
+            spans.append(TurnSpan(i, start, stop, len(labels) - len(end) * closed, closed))
         return spans
 
     def _show(self, ids: list[int], at: int) -> str:
@@ -171,10 +174,16 @@ def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class TemplateProbe:
-    """Shares one `Analysis` per row between the checks and counts the rows it saw."""
+    """Shares one `Analysis` per row between the checks and counts the rows it saw.
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+    The end of turn is found once, from the template (`tunegate.chat.end_of_turn`); a template
+    without one raises `ChatFormatError` here, before any row is judged.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, end_override: str | None = None):
         self.tokenizer = tokenizer
+        self.end = end_of_turn(tokenizer, end_override)
+        self.findings = chat_findings(tokenizer, self.end)
         self.n_checked = 0
         self._key: tuple[str, int, str] | None = None
         self._analysis: Analysis | None = None
@@ -182,7 +191,7 @@ class TemplateProbe:
     def analyze(self, record: Record) -> Analysis:
         key = (record.source, record.source_row, record.record_id)
         if key != self._key or self._analysis is None:
-            self._key, self._analysis = key, Analysis(self.tokenizer, record)
+            self._key, self._analysis = key, Analysis(self.tokenizer, record, self.end)
             self.n_checked += 1
         return self._analysis
 
@@ -218,14 +227,40 @@ class ControlTokens(_TemplateCheck):
         return None
 
 
+class SystemTurn(_TemplateCheck):
+    """`model.system_role: reject`: rows with a system turn are not for this model."""
+
+    stage = "system_turn"
+
+    def __call__(self, record: Record) -> str | None:
+        if any(role == "system" for role, _ in record.messages):
+            return "has a system turn (model.system_role: reject)"
+        return None
+
+
 class TemplateRenders(_TemplateCheck):
-    """The base model's chat template renders the row (it may raise, e.g. on a system turn)."""
+    """The chat template renders the row. Contract-valid rows all have one shape (optional
+    system turn, alternating user/assistant), so a template that raises on one (Gemma's on a
+    system turn) is a fact about template and data: one run-level error, not a verdict."""
 
     stage = "template_render"
 
     def __call__(self, record: Record) -> str | None:
-        _, error = self.probe.analyze(record).rendered
-        return None if error is None else f"chat template fails: {error}"
+        analysis = self.probe.analyze(record)
+        _, error = analysis.rendered
+        if error is None:
+            return None
+        has_system = any(m["role"] == "system" for m in analysis.messages)
+        hint = (
+            " Set model.system_role: fold_into_first_user (or reject) for a template that "
+            "refuses a system turn."
+            if has_system
+            else ""
+        )
+        raise TemplateGateError(
+            f"the chat template of {model_name(self.probe.tokenizer)} fails on row "
+            f"{record.source}:{record.source_row}: {error}.{hint}"
+        )
 
 
 class SequenceLength(_TemplateCheck):
@@ -246,40 +281,6 @@ class SequenceLength(_TemplateCheck):
         return f"{len(ids)} tokens > train.max_seq_length {self.max_length}"
 
 
-class SingleBos(_TemplateCheck):
-    """At most one BOS at the start, as rendered and as re-tokenized from the rendered text.
-
-    The second half catches a template that writes `bos_token` for a tokenizer that also adds
-    one: anything that tokenizes the rendered text (TRL's text path, most inference servers)
-    then sees two.
-    """
-
-    stage = "double_bos"
-
-    reason = "double_bos"
-
-    def __call__(self, record: Record) -> str | None:
-        bos = self.probe.tokenizer.bos_token_id
-        analysis = self.probe.analyze(record)
-        if bos is None or analysis.rendered[0] is None:
-            return None
-        n = _leading(analysis.ids, bos)
-        if n > 1:
-            return f"the rendered row starts with {n} BOS tokens"
-        encoded = self.probe.tokenizer(analysis.text, add_special_tokens=True)["input_ids"]
-        n = _leading(list(encoded), bos)
-        if n > 1:
-            return (
-                f"re-tokenizing the rendered text adds BOS to the template's own: {n} BOS tokens "
-                "(the template writes bos_token and the tokenizer adds one too)"
-            )
-        return None
-
-
-def _leading(ids: list[int], token: int) -> int:
-    return next((k for k, t in enumerate(ids) if t != token), len(ids))
-
-
 class TemplateParity(_TemplateCheck):
     """Train/inference parity: each generation prompt is an exact token prefix of the row."""
 
@@ -293,7 +294,7 @@ class TemplateParity(_TemplateCheck):
 
 
 class StopTokenTrained(_TemplateCheck):
-    """Every assistant turn's EOS / end-of-turn token is inside the trained labels."""
+    """Every assistant turn's end-of-turn token(s) close its trained labels."""
 
     stage = "stop_untrained"
 
@@ -304,12 +305,12 @@ class StopTokenTrained(_TemplateCheck):
         if analysis.rendered[0] is None:
             return None
         mask, error = analysis.mask
-        eos = self.probe.tokenizer.eos_token
+        end = self.probe.end.text
         if mask is None:
-            return f"the trainer cannot build the loss mask: {error} (eos_token {eos!r})"
+            return f"the trainer cannot build the loss mask: {error} (end of turn {end!r})"
         for turn in analysis.turns:
             if not turn.eos_trained:
-                return f"message {turn.message}: eos_token {eos!r} is not a trained label"
+                return f"message {turn.message}: end of turn {end!r} is not a trained label"
         return None
 
 
@@ -342,16 +343,22 @@ class AssistantTokensTrained(_TemplateCheck):
 
 def template_checks(config: PipelineConfig, tokenizer: PreTrainedTokenizerBase) -> list[RowCheck]:
     """The template checks of a config, cheap to costly, sharing one probe."""
-    probe = TemplateProbe(tokenizer)
+    probe = TemplateProbe(tokenizer, config.model.end_of_turn)
+    reject_system = [SystemTurn(probe)] if config.model.system_role == "reject" else []
     return [
         ControlTokens(probe),
+        *reject_system,
         TemplateRenders(probe),
         SequenceLength(probe, config.train.max_seq_length),
-        SingleBos(probe),
         TemplateParity(probe),
         StopTokenTrained(probe),
         AssistantTokensTrained(probe, config.template.min_trained_tokens),
     ]
+
+
+def template_probe(checks: Sequence[object]) -> TemplateProbe | None:
+    """The probe the template checks share (None when the template gate is off)."""
+    return next((c.probe for c in checks if isinstance(c, _TemplateCheck)), None)
 
 
 def template_gate(
@@ -387,25 +394,37 @@ class Inspection:
 
 
 def inspect_row(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
-                show_ids: bool = False) -> Inspection:  # fmt: skip
-    """Colour each token: green = trained label, dim = context only, magenta = control token."""
+                show_ids: bool = False, end: EndOfTurn | None = None) -> Inspection:  # fmt: skip
+    """Colour each token: green = trained label, dim = context only, magenta = control token.
+
+    Text is decoded in runs of same-coloured tokens, each as the difference of two prefix
+    decodes: decoded one by one, SentencePiece tokens lose their leading spaces.
+    """
     from rich.text import Text
 
+    end = end or end_of_turn(tokenizer)
     record = Record(tuple((m["role"], m["content"]) for m in messages), "", "<inspect>", 0)
-    analysis = Analysis(tokenizer, record)
+    analysis = Analysis(tokenizer, record, end)
     ids, error = analysis.rendered
     if ids is None:
         return Inspection(Text(f"chat template fails: {error}", style="bold red"), 0, 0, [], error)
     mask, mask_error = analysis.mask
     mask = mask or [0] * len(ids)
-    special = set(tokenizer.all_special_ids)
-    text = Text()
-    for token, label in zip(ids, mask, strict=True):
-        piece = tokenizer.decode([token])
-        style = "bold green" if label else "dim"
-        if token in special:
-            style = "bold magenta on dark_green" if label else "magenta"
-        text.append(piece, style=style)
+    special = special_ids(tokenizer)
+
+    def style(k: int) -> str:
+        if ids[k] in special:
+            return "bold magenta on dark_green" if mask[k] else "magenta"
+        return "bold green" if mask[k] else "dim"
+
+    text, start, shown = Text(), 0, ""
+    for k in range(1, len(ids) + 1):
+        if k < len(ids) and not show_ids and style(k) == style(start):
+            continue
+        upto = tokenizer.decode(ids[:k])
+        piece = upto[len(shown) :] if upto.startswith(shown) else tokenizer.decode(ids[start:k])
+        text.append(piece, style=style(start))
         if show_ids:
-            text.append(f"({token})", style="cyan" if label else "dim cyan")
+            text.append(f"({ids[start]})", style="cyan" if mask[start] else "dim cyan")
+        start, shown = k, upto
     return Inspection(text, len(ids), sum(mask), analysis.turns, mask_error)
