@@ -390,7 +390,7 @@ def runs(
          "duration s": "" if n.duration_s is None else round(n.duration_s),
          "rows in / accepted": f"{n.rows_in} / {n.accepted}",
          "rejected": ", ".join(f"{k} {v}" for k, v in sorted(n.rejected.items())),
-         "gates": ", ".join(f"{g.gate} {'pass' if g.passed else 'FAIL'} {g.value:+.3f}"
+         "gates": ", ".join(f"{g.gate} {g.label} {g.value:+.3f}"
                             for g in n.gates),
          "promoted": (n.promoted_adapter or "")[:12],
          "changed (and why a run failed)": "; ".join(

@@ -29,6 +29,12 @@ class GateOutcome:
     passed: bool
     value: float
     threshold: float
+    outcome: str = "pass"  # pass | fail | inconclusive (`passed` is outcome == "pass")
+
+    @property
+    def label(self) -> str:
+        """How tables show the outcome: a failure stands out, inconclusive is neither."""
+        return "FAIL" if self.outcome == "fail" else self.outcome
 
     @property
     def margin(self) -> float:
@@ -83,11 +89,15 @@ def run_history(lineage: Lineage, limit: int = 30) -> list[Night]:
         sources[r["run_id"]][r["path"]] = sources[r["run_id"]].get(r["path"], 0) + r["n_rows"]
     gates: dict[str, list[GateOutcome]] = {i: [] for i in ids}
     for r in lineage.query(
-        f"SELECT run_id, gate, passed, value, threshold FROM gate_results {where} "
+        "SELECT run_id, gate, passed, value, threshold, "
+        "coalesce(outcome, CASE WHEN passed THEN 'pass' ELSE 'fail' END) AS outcome "
+        f"FROM gate_results {where} "
         "ORDER BY created_at",
         [ids],
     ):
-        gates[r["run_id"]].append(GateOutcome(r["gate"], r["passed"], r["value"], r["threshold"]))
+        gates[r["run_id"]].append(
+            GateOutcome(r["gate"], r["passed"], r["value"], r["threshold"], r["outcome"])
+        )
     promoted = {
         r["run_id"]: r["adapter_id"]
         for r in lineage.query(
@@ -129,7 +139,8 @@ def changes(previous: Night | None, night: Night) -> list[str]:
         if was is None:
             continue
         if was.passed and not gate.passed:
-            flags.append(f"{gate.gate} now fails: {was.value:+.3f} → {gate.value:+.3f} "
+            now_is = "fails" if gate.outcome == "fail" else f"is {gate.outcome}"
+            flags.append(f"{gate.gate} now {now_is}: {was.value:+.3f} → {gate.value:+.3f} "
                          f"(threshold {gate.threshold:+.3f})")  # fmt: skip
         elif was.margin > 0 and gate.margin < (1 - MARGIN_LOSS) * was.margin:
             flags.append(f"{gate.gate} nearer its threshold: margin {was.margin:+.3f} → "

@@ -38,8 +38,7 @@ def _reasons(night: Night) -> list[str]:
 
 def _gates(night: Night) -> list[str]:
     return [
-        f"{g.gate} {'pass' if g.passed else 'FAIL'} {g.value:+.3f} (threshold {g.threshold:+.3f})"
-        for g in night.gates
+        f"{g.gate} {g.label} {g.value:+.3f} (threshold {g.threshold:+.3f})" for g in night.gates
     ]
 
 
