@@ -29,12 +29,16 @@ class GateOutcome:
     passed: bool
     value: float
     threshold: float
-    outcome: str = "pass"  # pass | fail | inconclusive (`passed` is outcome == "pass")
+    outcome: str | None = None  # pass | fail | inconclusive; None: from `passed` (pre-v5 rows)
+
+    @property
+    def state(self) -> str:
+        return self.outcome or ("pass" if self.passed else "fail")
 
     @property
     def label(self) -> str:
         """How tables show the outcome: a failure stands out, inconclusive is neither."""
-        return "FAIL" if self.outcome == "fail" else self.outcome
+        return "FAIL" if self.state == "fail" else self.state
 
     @property
     def margin(self) -> float:
@@ -139,7 +143,7 @@ def changes(previous: Night | None, night: Night) -> list[str]:
         if was is None:
             continue
         if was.passed and not gate.passed:
-            now_is = "fails" if gate.outcome == "fail" else f"is {gate.outcome}"
+            now_is = "fails" if gate.state == "fail" else f"is {gate.state}"
             flags.append(f"{gate.gate} now {now_is}: {was.value:+.3f} → {gate.value:+.3f} "
                          f"(threshold {gate.threshold:+.3f})")  # fmt: skip
         elif was.margin > 0 and gate.margin < (1 - MARGIN_LOSS) * was.margin:
