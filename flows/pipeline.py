@@ -64,7 +64,8 @@ def curate_data(
     started = now()
     result = curate(config, lineage, run_id, tokenizer=load_tokenizer(base.path, config))
     _stage(lineage, run_id, "curate", started, rows=result.n_input, accepted=len(result.accepted))
-    rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items()))
+    rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(result.reasons.items())
+                         if reason != "accepted")  # fmt: skip
     seconds = _seconds(started)
     say(stage_line("curate", f"{result.n_input:,} rows -> {len(result.accepted):,} accepted, "
                    f"{result.n_input - len(result.accepted):,} rejected ({rejected or 'none'}) "
