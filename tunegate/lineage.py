@@ -267,6 +267,8 @@ class Lineage:
         try:
             con = _connect(self.path, read_only=True)
         except duckdb.Error as exc:
+            if "lock" in str(exc).lower():  # busy (another process writes), not damaged
+                raise LineageError(f"{self.path} is held by another process: {exc}") from None
             return f"it does not open ({exc})"
         try:
             (block,) = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
