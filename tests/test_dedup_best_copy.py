@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from conftest import assert_conserved, make_config, write_jsonl
 
+from tunegate.chat import load_tokenizer
 from tunegate.curate import curate
 from tunegate.lineage import Lineage
-from tunegate.quality.template import load_tokenizer
 
 
 def row(question: str, answer: str) -> dict[str, str]:
