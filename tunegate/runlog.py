@@ -36,8 +36,11 @@ def stage_line(stage: str, text: str) -> str:
 
 
 def rate(count: float, seconds: float, unit: str) -> str:
-    """`123 rows/s`; a stage too fast to time says so instead of dividing by ~0."""
-    return f"{count / seconds:,.0f} {unit}/s" if seconds >= 0.05 else "<0.05 s"
+    """`123 rows/s` (`1.4 items/s` below 100); a stage too fast to time says so instead."""
+    if seconds < 0.05:
+        return "<0.05 s"
+    per_s = count / seconds
+    return f"{per_s:,.0f} {unit}/s" if per_s >= 100 else f"{per_s:.1f} {unit}/s"
 
 
 class TerminalHandler(logging.Handler):
