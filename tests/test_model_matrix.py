@@ -222,8 +222,8 @@ def test_the_heldout_eval_feeds_one_bos_and_stops_at_the_end_of_turn(family, tmp
     write_heldout(tmp_path / "heldout.jsonl")
     cfg = config_for(fam, tmp_path, eval={"heldout_path": "heldout.jsonl", "max_items": 2,
                                           "max_new_tokens": 2, "batch_size": 2})  # fmt: skip
-    model, tokenizer = load_model(model_dir, None, cfg)
     generate, _ = heldout_tasks(cfg)
+    model, tokenizer = load_model(model_dir, None, generate.dtype, cfg)
     end = end_of_turn(tokenizer)
     results, _ = run_tasks(model, tokenizer, [generate], stop=end.text)
     sample = results["samples"][generate.name][0]
