@@ -29,6 +29,7 @@ def curated(tmp_path):
     lineage = Lineage(cfg.workspace_dir / "lineage.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
     result = curate(cfg, lineage, run)
+    lineage.end_run(run, "completed")  # as `tunegate curate` does: readers skip unfinished runs
     counts = assert_conserved(lineage, run, len(ROWS))
     assert counts == {"accepted": 2, "exact_duplicate": 1, "schema": 2}
     return result, cfg, run
