@@ -11,11 +11,17 @@ from tunegate.config import parse_config
 from tunegate.lineage import SCHEMA_VERSION, Lineage
 
 
-def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
-    db = tmp_path / "v3.duckdb"
+def old_lineage_file(tmp_path, version: int) -> tuple:
+    """A lineage file stamped with an older schema version; the caller adds that era's tables."""
+    db = tmp_path / f"v{version}.duckdb"
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(version)])
+    return db, con
+
+
+def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
+    db, con = old_lineage_file(tmp_path, 3)
     con.execute("CREATE TABLE promotions (promotion_id VARCHAR PRIMARY KEY, adapter_id VARCHAR, "
                 "alias VARCHAR, decision VARCHAR, reason VARCHAR, actor VARCHAR, run_id VARCHAR, "
                 "created_at TIMESTAMP)")  # fmt: skip
@@ -47,10 +53,7 @@ def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
 def test_a_version_4_lineage_file_gains_gate_outcomes_and_choice_logliks(tmp_path):
     """Gate rows of version 4 read as pass / fail from `passed`; new rows keep `passed` true
     only for pass, so a reader that knows only `passed` never takes inconclusive for pass."""
-    db = tmp_path / "v4.duckdb"
-    con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+    db, con = old_lineage_file(tmp_path, 4)
     con.execute("CREATE TABLE gate_results (run_id VARCHAR, adapter_id VARCHAR, gate VARCHAR, "
                 "passed BOOLEAN, value DOUBLE, threshold DOUBLE, reason VARCHAR, "
                 "created_at TIMESTAMP, files_sha256 VARCHAR)")  # fmt: skip
