@@ -165,9 +165,9 @@ def _rss_mb() -> float:
 def run_tunegate(directory: str) -> dict[str, object]:
     """The curation funnel with lineage writes, timed per stage."""
     from tunegate.config import parse_config
-    from tunegate.curate import RunWriter, _rows, build_stages
+    from tunegate.curation.funnel import AcceptedRecords, Funnel, frozen_heap
+    from tunegate.curation.run import RunWriter, _rows, build_stages
     from tunegate.lineage import Lineage
-    from tunegate.quality.funnel import AcceptedRecords, Funnel, frozen_heap
 
     d = Path(directory)
     config = parse_config({
@@ -252,8 +252,8 @@ def run_pandas(directory: str) -> dict[str, object]:
 
 def _conversation_texts(directory: Path, limit: int | None = None) -> list[list[str]]:
     """Messages of every parsed row, in funnel order, via tunegate's own ingest."""
-    from tunegate.ingest import ingest_file
-    from tunegate.records import Record
+    from tunegate.data.ingest import ingest_file
+    from tunegate.data.records import Record
 
     out: list[list[str]] = []
     for path in (directory / "chats.jsonl", directory / "chats.json"):
@@ -269,7 +269,7 @@ def run_datasketch(directory: str, limit: int | None = None) -> dict[str, object
     """Baseline: datasketch MinHash (128 perm) + MinHashLSH(threshold 0.8), query then insert."""
     from datasketch import MinHash, MinHashLSH
 
-    from tunegate.quality.shingles import words
+    from tunegate.curation.shingles import words
 
     texts = _conversation_texts(Path(directory), limit)
     t0 = time.perf_counter()
@@ -293,9 +293,9 @@ def run_datasketch(directory: str, limit: int | None = None) -> dict[str, object
 
 def run_nearonly(directory: str, limit: int) -> dict[str, object]:
     """tunegate's near-duplicate stage alone on the same rows as the brute force."""
-    from tunegate.quality.checks import Batch
-    from tunegate.quality.near_dup import NearDuplicates
-    from tunegate.records import Record
+    from tunegate.curation.checks.base import Batch
+    from tunegate.curation.checks.near_dup import NearDuplicates
+    from tunegate.data.records import Record
 
     texts = _conversation_texts(Path(directory), limit)
     records = [Record(tuple(("user", m) for m in msgs), "human", "x", i)
@@ -314,7 +314,7 @@ def brute_force(directory: str, limit: int) -> dict[str, object]:
     """Exact Jaccard of every pair (sparse product), then the same first-kept rule."""
     import scipy.sparse as sp
 
-    from tunegate.quality.shingles import hash_words, windows
+    from tunegate.curation.shingles import hash_words, windows
 
     texts = _conversation_texts(Path(directory), limit)
     t0 = time.perf_counter()

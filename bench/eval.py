@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tunegate.config import load_config  # noqa: E402
-from tunegate.evaluate import EvalOutcome, evaluate, general_tasks, heldout_tasks  # noqa: E402
+from tunegate.evaluation.evaluate import EvalOutcome, evaluate, general_tasks, heldout_tasks  # noqa: E402
 from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
 from tunegate.precision import cpu_kind  # noqa: E402
 from tunegate.stages import general_gates, run_gates  # noqa: E402

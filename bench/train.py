@@ -99,9 +99,9 @@ def model_params(model: Path) -> int:
 def make_snapshot(work: Path) -> tuple[Path, Path]:
     """Curate the shipped sample with pipeline.yaml's funnel; return (snapshot, base model dir)."""
     from tunegate.config import load_config
-    from tunegate.curate import curate_records
+    from tunegate.curation.run import curate_records
+    from tunegate.data.snapshot import write_snapshot
     from tunegate.models import resolve_base_model
-    from tunegate.snapshot import write_snapshot
 
     config = load_config(REPO / "pipeline.yaml")
     records = list(curate_records(config).accepted)
@@ -116,7 +116,7 @@ def make_snapshot(work: Path) -> tuple[Path, Path]:
 def run_tunegate(snapshot: str, model: str, steps: int, out: str) -> dict[str, float]:
     from tunegate.config import load_config, parse_config
     from tunegate.models import resolve_base_model
-    from tunegate.train import train_adapter
+    from tunegate.training.train import train_adapter
 
     data = load_config(REPO / "pipeline.yaml").model_dump(mode="json")
     data["workspace"] = str(Path(out) / "ws")
@@ -141,8 +141,8 @@ def run_baseline(snapshot: str, model: str, steps: int, out: str) -> dict[str, f
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    from tunegate.snapshot import read_snapshot
-    from tunegate.train import build_dataset
+    from tunegate.data.snapshot import read_snapshot
+    from tunegate.training.train import build_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     dataset = build_dataset(tokenizer, read_snapshot(Path(snapshot)), max_length=512)

@@ -22,22 +22,22 @@ from flows.review import close_review_queue, triage_synthetic, wait_for_review
 from tunegate import stages
 from tunegate.chat import load_tokenizer
 from tunegate.config import ConfigError, PipelineConfig, load_config
-from tunegate.curate import CurationResult, curate
-from tunegate.eval_report import metric_rows, write_eval_report
-from tunegate.evaluate import EvalOutcome
-from tunegate.gates import GateResult
+from tunegate.curation.report import stage_funnel_markdown
+from tunegate.curation.run import CurationResult, curate
+from tunegate.data.snapshot import Snapshot
+from tunegate.evaluation.evaluate import EvalOutcome
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
-from tunegate.preflight import check_sources, record_failed_start
-from tunegate.promote import Decision
-from tunegate.quality.report import stage_funnel_markdown
-from tunegate.reports import funnel_markdown, gates_markdown, metrics_markdown, write_report
-from tunegate.run_history import run_history
+from tunegate.release.gates import GateResult
+from tunegate.release.promote import Decision
+from tunegate.release.report import metric_rows, write_eval_report
 from tunegate.runlog import rate, say, stage_line
-from tunegate.snapshot import Snapshot
-from tunegate.train import TrainResult
-from tunegate.train_report import training_section
-from tunegate.trends_report import trends_markdown, write_trends
+from tunegate.runs.history import run_history
+from tunegate.runs.preflight import check_sources, record_failed_start
+from tunegate.runs.summary import funnel_markdown, gates_markdown, metrics_markdown, write_report
+from tunegate.runs.trends import trends_markdown, write_trends
+from tunegate.training.report import training_section
+from tunegate.training.train import TrainResult
 
 
 def _log(message: str) -> None:

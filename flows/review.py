@@ -24,12 +24,12 @@ from pydantic import Field
 
 from tunegate.chat import load_tokenizer
 from tunegate.config import PipelineConfig
-from tunegate.curate import CurationResult
+from tunegate.curation.checks.template import template_checks
+from tunegate.curation.run import CurationResult
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel
-from tunegate.quality.template import template_checks
-from tunegate.reports import markdown_table
-from tunegate.review.stage import Triage, close_review, review_synthetic
+from tunegate.render import markdown_table
+from tunegate.review.triage import Triage, close_review, review_synthetic
 from tunegate.runlog import say, stage_line
 
 

@@ -68,7 +68,7 @@ def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return resolve_base_model(EMBEDDED_MODEL, cache).path
 
 
-# --- train fixtures (tests/test_train.py; shared: a tiny model any stage can train or load) ---
+# --- train fixtures (tests/training/test_train.py; shared: a tiny model any stage can train) ---
 
 
 @pytest.fixture(scope="session")

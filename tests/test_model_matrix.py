@@ -21,8 +21,8 @@ from model_matrix import BY_NAME, FAMILIES, Family, build_model
 from test_sample_data import planted_defects
 
 from tunegate.chat import end_of_turn, load_tokenizer, render_ids, tokenize_chat
-from tunegate.curate import curate_records
-from tunegate.quality.template import TEMPLATE_REASONS, template_checks, template_probe
+from tunegate.curation.checks.template import TEMPLATE_REASONS, template_checks, template_probe
+from tunegate.curation.run import curate_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IDS = [f.name for f in FAMILIES]
@@ -132,9 +132,9 @@ def test_qlora_trains_and_the_export_stops_at_the_end_of_turn(family, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    from tunegate.export import ExportError, load_trained_base, merge_adapter, write_gguf
+    from tunegate.data.snapshot import write_snapshot
     from tunegate.models import BaseModel, sha256_dir
-    from tunegate.snapshot import write_snapshot
+    from tunegate.release.export import ExportError, load_trained_base, merge_adapter, write_gguf
 
     fam, model_dir, _, tokenizer = family
     cfg = config_for(
@@ -144,13 +144,13 @@ def test_qlora_trains_and_the_export_stops_at_the_end_of_turn(family, tmp_path):
                "learning_rate": 0.01, "logging_steps": 1},
         lora={"r": 4, "alpha": 8},
     )  # fmt: skip
-    from tunegate.records import Record
+    from tunegate.data.records import Record
 
     records = [Record(tuple((m["role"], m["content"]) for m in c), "human", "x", k)
                for k, c in enumerate(chats_for(fam) * 2)]  # fmt: skip
     snap = write_snapshot(records, tmp_path / "snapshots")
     base = BaseModel(str(model_dir), model_dir, sha256_dir(model_dir))
-    from tunegate.train import train_adapter
+    from tunegate.training.train import train_adapter
 
     result = train_adapter(cfg, base, snap.path, tmp_path / "adapter")
     assert result.steps == 2
@@ -189,7 +189,7 @@ def test_an_untrained_end_of_turn_is_refused_before_training(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from tunegate.models import BaseModel, sha256_dir
-    from tunegate.train import TrainError, train_adapter
+    from tunegate.training.train import TrainError, train_adapter
 
     fam = next(f for f in FAMILIES if f.name == "llama3-base")
     model_dir = tmp_path / "llama3-base-untrained"
@@ -216,7 +216,7 @@ def test_the_heldout_eval_feeds_one_bos_and_stops_at_the_end_of_turn(family, tmp
     from lm_eval.models.huggingface import HFLM
     from test_evaluate import write_heldout
 
-    from tunegate.evaluate import heldout_tasks, load_model, run_tasks
+    from tunegate.evaluation.evaluate import heldout_tasks, load_model, run_tasks
 
     fam, model_dir, _, _ = family
     write_heldout(tmp_path / "heldout.jsonl")
@@ -239,7 +239,7 @@ def test_the_heldout_eval_feeds_one_bos_and_stops_at_the_end_of_turn(family, tmp
 
 def test_inspect_keeps_the_spaces_of_every_tokenizer(family):
     """SentencePiece tokens decoded one by one lose their leading spaces; inspect must not."""
-    from tunegate.quality.template import inspect_row
+    from tunegate.curation.checks.template import inspect_row
 
     fam, _, _, tokenizer = family
     shown = inspect_row(tokenizer, CHATS[0], end=end_of_turn(tokenizer))
@@ -257,7 +257,7 @@ def test_the_label_only_lm_head_gives_the_models_own_loss_and_gradients(family):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from tunegate.train import score_label_positions_only
+    from tunegate.training.train import score_label_positions_only
 
     _, model_dir, _, tokenizer = family
     chat = tokenize_chat(tokenizer, CHATS[0])
@@ -292,7 +292,7 @@ def test_a_template_whose_markers_the_tokenizer_lacks_is_refused_by_name(tmp_pat
 
 def test_gemma2_without_the_fold_is_one_run_level_error_naming_the_first_row(tmp_path):
     """Gemma 2's template refuses a system turn: one error with the fix, not 400 rejections."""
-    from tunegate.curate import CurationError, curate
+    from tunegate.curation.run import CurationError, curate
     from tunegate.lineage import Lineage
 
     fam = BY_NAME["gemma2-instruct"]
@@ -314,7 +314,7 @@ def test_gemma2_without_the_fold_is_one_run_level_error_naming_the_first_row(tmp
     ("mistral-instruct", "fold_into_first_user", None),
 ])  # fmt: skip
 def test_multi_turn_traps(name, system_role, expected, tmp_path):
-    from tunegate.records import Record
+    from tunegate.data.records import Record
 
     cfg = make_config(tmp_path, [{"path": "x"}], model={"system_role": system_role})
     tokenizer = load_tokenizer(build_model(BY_NAME[name]), cfg)

@@ -1,7 +1,7 @@
 """Fault injection for the crash tests: `TUNEGATE_KILL_AT=<point>` SIGKILLs the process there.
 
 The points are the boundaries of a run where a kill leaves different partial state behind
-(`tests/test_faults.py` kills a real `tunegate curate` at each and checks the next command
+(`tests/runs/test_faults.py` kills a real `tunegate curate` at each and checks the next command
 marks the run `abandoned`, cleans its files, and a rerun conserves every row). Unset, a
 point costs one environment lookup.
 """

@@ -15,8 +15,10 @@ from typing import Any
 
 from tunegate.chat import template_text
 from tunegate.config import PipelineConfig
-from tunegate.curate import CurationResult
-from tunegate.evaluate import (
+from tunegate.curation.run import CurationResult
+from tunegate.data.records import Record
+from tunegate.data.snapshot import Snapshot, write_snapshot
+from tunegate.evaluation.evaluate import (
     TASK,
     EvalOutcome,
     EvalTask,
@@ -26,20 +28,18 @@ from tunegate.evaluate import (
     general_tasks,
     heldout_tasks,
 )
-from tunegate.gates import OUTCOMES, GateResult, general_drop_gate, heldout_gain_gate
 from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, config_base_model, resolve_base_model
-from tunegate.promote import Decision, decide_promotion
-from tunegate.records import Record
+from tunegate.release.gates import OUTCOMES, GateResult, general_drop_gate, heldout_gain_gate
+from tunegate.release.promote import Decision, decide_promotion
 from tunegate.runlog import say, stage_line
-from tunegate.snapshot import Snapshot, write_snapshot
-from tunegate.train import TrainResult, train_adapter
+from tunegate.training.train import TrainResult, train_adapter
 
 
 def open_lineage(config: PipelineConfig) -> Lineage:
     """The workspace's lineage, for a command that writes: runs whose process died are marked
     `abandoned` first (and their spool files removed)."""
-    from tunegate.runs import reap_abandoned
+    from tunegate.runs.guard import reap_abandoned
 
     lineage = Lineage(config.workspace_dir / "lineage.duckdb")
     for run_id in reap_abandoned(lineage, config.workspace_dir):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.lineage import Lineage
-from tunegate.review.stage import ReviewError, decide, review_item
+from tunegate.review.triage import ReviewError, decide, review_item
 
 COLUMNS = ["item_id", "run_id", "source", "source_row", "record_id", "flags", "scores",
            "messages", "answer", "decision", "reviewer", "note"]  # fmt: skip

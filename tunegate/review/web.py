@@ -31,7 +31,7 @@ from tunegate.review.guard import (
     Reviewer,
     is_loopback,
 )
-from tunegate.review.stage import ReviewError, decide
+from tunegate.review.triage import ReviewError, decide
 
 # Scores shown first; the rest (Gopher n-gram fractions) follow in a smaller table.
 KEY_SCORES = ("answer_words", "length_ratio", "near_copy", "perplexity", "answer_repeats",

@@ -1,0 +1,1 @@
+"""Curation: every input row ends accepted or rejected, with a reason code."""

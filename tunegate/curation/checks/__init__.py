@@ -1,0 +1,1 @@
+"""Row checks of the curation funnel, one module per check."""

@@ -1,0 +1,1 @@
+"""Data in: canonical records and verdicts, ingest of raw files, curated snapshots."""

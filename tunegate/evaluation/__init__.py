@@ -1,0 +1,1 @@
+"""Evaluation of the base model and an adapter with lm-eval, offline."""

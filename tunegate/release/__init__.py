@@ -1,0 +1,1 @@
+"""Release: gates, promotion, the adapter registry and export."""

@@ -1,0 +1,1 @@
+"""A pipeline run as a whole: preflight, crash guard, summary, history across nights."""

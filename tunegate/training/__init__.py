@@ -1,0 +1,1 @@
+"""QLoRA training of an adapter on a curated snapshot."""
