@@ -37,7 +37,7 @@ from tunegate.config import load_config  # noqa: E402
 from tunegate.evaluation.evaluate import EvalOutcome, evaluate, general_tasks, heldout_tasks  # noqa: E402
 from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
 from tunegate.precision import cpu_kind  # noqa: E402
-from tunegate.stages import general_gates, run_gates  # noqa: E402
+from tunegate.release.stage import general_gates, run_gates  # noqa: E402
 
 
 def random_adapter(base: BaseModel, out: Path, seed: int = 0) -> Path:

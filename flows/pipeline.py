@@ -19,24 +19,33 @@ from prefect.exceptions import MissingContextError
 
 from flows.notify import announce_run
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
-from tunegate import stages
 from tunegate.chat import load_tokenizer
 from tunegate.config import ConfigError, PipelineConfig, load_config
 from tunegate.curation.report import stage_funnel_markdown
 from tunegate.curation.run import CurationResult, curate
-from tunegate.data.snapshot import Snapshot
+from tunegate.data.snapshot import Snapshot, snapshot_records
 from tunegate.evaluation.evaluate import EvalOutcome
+from tunegate.evaluation.stage import evaluate_recorded
 from tunegate.lineage import Lineage, now
-from tunegate.models import BaseModel
+from tunegate.models import BaseModel, prepare_base_model
 from tunegate.release.gates import GateResult
 from tunegate.release.promote import Decision
 from tunegate.release.report import metric_rows, write_eval_report
+from tunegate.release.stage import gate_and_promote, gate_summary
 from tunegate.runlog import rate, say, stage_line
+from tunegate.runs.guard import open_lineage
 from tunegate.runs.history import run_history
 from tunegate.runs.preflight import check_sources, record_failed_start
-from tunegate.runs.summary import funnel_markdown, gates_markdown, metrics_markdown, write_report
+from tunegate.runs.summary import (
+    funnel_markdown,
+    gates_markdown,
+    metrics_markdown,
+    summarize,
+    write_report,
+)
 from tunegate.runs.trends import trends_markdown, write_trends
 from tunegate.training.report import training_section
+from tunegate.training.stage import train_recorded
 from tunegate.training.train import TrainResult
 
 
@@ -84,7 +93,7 @@ def snapshot_data(
 ) -> Snapshot:
     """Write the accepted rows as a hashed snapshot."""
     started = now()
-    snap = stages.snapshot_records(config, lineage, run_id, result.accepted)
+    snap = snapshot_records(config, lineage, run_id, result.accepted)
     _stage(
         lineage,
         run_id,
@@ -101,7 +110,7 @@ def snapshot_data(
 def load_base_model(config: PipelineConfig, lineage: Lineage) -> BaseModel:
     """Resolve the base model (de-quantizing the embedded GGUF once)."""
     started = now()
-    base = stages.prepare_base_model(config, lineage)
+    base = prepare_base_model(config, lineage)
     say(stage_line("base", f"{base.ref} ({base.sha256[:12]}) ready in {_seconds(started):.1f} s"))
     return base
 
@@ -112,7 +121,7 @@ def train_qlora(
 ) -> TrainResult:
     """QLoRA-train an adapter on the snapshot."""
     started = now()
-    result = stages.train_recorded(config, lineage, run_id, base, snap)
+    result = train_recorded(config, lineage, run_id, base, snap)
     _stage(lineage, run_id, "train", started, adapter_id=result.adapter_id, **result.metrics)
     m = result.metrics
     say(stage_line("train", f"{result.steps} steps, loss {m['first_loss']:.3f} -> "
@@ -128,7 +137,7 @@ def _evaluate(
     adapter: TrainResult | None, suite: str,
 ) -> list[EvalOutcome]:  # fmt: skip
     started = now()
-    outcomes = stages.evaluate_recorded(config, lineage, run_id, base, adapter, suite)
+    outcomes = evaluate_recorded(config, lineage, run_id, base, adapter, suite)
     subject = "base" if adapter is None else "adapter"
     items, seconds = sum(o.n for o in outcomes), _seconds(started)  # model loading included
     dtype = outcomes[0].dtype if outcomes else "-"
@@ -172,11 +181,11 @@ def gate_adapter(
 ) -> tuple[list[GateResult], Decision]:  # fmt: skip
     """Run every gate (held-out gain, no forgetting per general task); promote or refuse."""
     started = now()
-    gates, decision = stages.gate_and_promote(config, lineage, run_id, adapter, base_evals,
+    gates, decision = gate_and_promote(config, lineage, run_id, adapter, base_evals,
                                               adapter_evals)  # fmt: skip
     _stage(lineage, run_id, "gate", started, promoted=decision.promoted, reason=decision.reason)
     banner = "PROMOTED" if decision.promoted else "REFUSED"
-    say(stage_line("gates", f"{stages.gate_summary(gates, decision.promoted)}: {banner.lower()} "
+    say(stage_line("gates", f"{gate_summary(gates, decision.promoted)}: {banner.lower()} "
                    f"{decision.adapter_id[:12]} -> {decision.alias}"))  # fmt: skip
     create_markdown_artifact(
         f"# {banner} `{decision.adapter_id[:12]}` → `{decision.alias}`\n\n{decision.reason}\n\n"
@@ -229,7 +238,7 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
         if failed is not None:
             announce_run(failed.run_id, "failed", failed.detail, config_path, failed.lineage)
         raise
-    lineage = stages.open_lineage(config)
+    lineage = open_lineage(config)
     run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json(), run_id)
     _log(f"lineage run {run_id} in {lineage.path}")
     try:
@@ -271,7 +280,7 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
     lineage.end_run(run_id, status, decision.reason)
     announce_run(run_id, status, decision.reason, config.name, lineage.path)
     publish_trends(config, lineage)
-    summary = stages.summarize(run_id, curation, config, base_evals, adapter_evals, decision,
+    summary = summarize(run_id, curation, config, base_evals, adapter_evals, decision,
                                Path(report), eval_report, gates)  # fmt: skip
     return asdict(summary)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunegate.config import EMBEDDED_MODEL, PipelineConfig
+from tunegate.lineage import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +191,9 @@ def _cached_sha(path: Path) -> str:
     with contextlib.suppress(OSError):  # a read-only model directory works, only slower
         cache.write_text(json.dumps({"stamp": stamp, "sha256": sha}))
     return sha
+
+
+def prepare_base_model(config: PipelineConfig, lineage: Lineage) -> BaseModel:
+    base = resolve_base_model(config_base_model(config), config.workspace_dir)
+    lineage.record_base_model(base.sha256, base.ref, str(base.path))
+    return base

@@ -6,8 +6,9 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from tunegate import stages
+import tunegate.evaluation.stage as eval_stage
 from tunegate.config import parse_config
+from tunegate.evaluation.stage import evaluate_recorded
 from tunegate.lineage import SCHEMA_VERSION, Lineage
 
 
@@ -101,13 +102,13 @@ def test_base_scores_are_reused_when_the_cache_key_matches(tmp_path, monkeypatch
     config = parse_config({"data": {"sources": [{"path": "x"}]}, "eval": {"general": general}},
                           root=tmp_path)  # fmt: skip
     lin = Lineage(":memory:")
-    (first,) = stages.evaluate_recorded(config, lin, "run-1", tiny_base, None, "general")
+    (first,) = evaluate_recorded(config, lin, "run-1", tiny_base, None, "general")
 
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the base model was evaluated again")
 
-    monkeypatch.setattr(stages, "evaluate", no_model)
-    (again,) = stages.evaluate_recorded(config, lin, "run-2", tiny_base, None, "general")
+    monkeypatch.setattr(eval_stage, "evaluate", no_model)
+    (again,) = evaluate_recorded(config, lin, "run-2", tiny_base, None, "general")
     assert again.metrics == first.metrics
     scores = {s.item_id: s.scores for s in first.samples}
     assert {s.item_id: s.scores for s in again.samples} == scores
@@ -116,4 +117,4 @@ def test_base_scores_are_reused_when_the_cache_key_matches(tmp_path, monkeypatch
 
     off = config.model_copy(update={"eval": config.eval.model_copy(update={"cache_base": False})})
     with pytest.raises(AssertionError, match="evaluated again"):
-        stages.evaluate_recorded(off, lin, "run-3", tiny_base, None, "general")
+        evaluate_recorded(off, lin, "run-3", tiny_base, None, "general")

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from tunegate import stages
 from tunegate.config import parse_config
+from tunegate.evaluation.stage import evaluate_recorded
 from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, sha256_dir
 from tunegate.release.gates import general_drop_gate
+from tunegate.release.stage import gate_and_promote, general_gates, per_item
 from tunegate.training.train import TrainResult
 
 
@@ -45,10 +46,10 @@ def test_a_no_op_adapter_fails_the_heldout_gain_gate(tiny_base_model, tmp_path):
     evals = {}
     for subject, adapter in (("base", None), ("adapter", noop)):
         evals[subject] = [o for suite in ("heldout", "general") for o in
-                          stages.evaluate_recorded(config, lineage, "run", tiny_base_model,
+                          evaluate_recorded(config, lineage, "run", tiny_base_model,
                                                    adapter, suite)]  # fmt: skip
 
-    gates, decision = stages.gate_and_promote(config, lineage, "run", noop, evals["base"],
+    gates, decision = gate_and_promote(config, lineage, "run", noop, evals["base"],
                                               evals["adapter"])  # fmt: skip
     verdicts = {g.gate: (g.outcome, g.value) for g in gates}
     assert verdicts["heldout_gain"] == ("fail", 0.0)  # same outputs: shown no gain
@@ -69,17 +70,17 @@ def test_an_adapter_that_damages_general_capability_is_refused(embedded_model_di
     damaging = lora_adapter(base, tmp_path / "damaging", random_b=True)
     config = config_for(tmp_path, general={"tasks": ["piqa"], "limit": 100})
     lineage = Lineage(":memory:")
-    before = stages.evaluate_recorded(config, lineage, "run", base, None, "general")
-    after = stages.evaluate_recorded(config, lineage, "run", base, damaging, "general")
+    before = evaluate_recorded(config, lineage, "run", base, None, "general")
+    after = evaluate_recorded(config, lineage, "run", base, damaging, "general")
 
     piqa = before[0].metrics["acc_norm"][0]
     assert piqa > 0.6  # the base model is clearly above chance (0.5)...
     assert after[0].metrics["acc_norm"][0] < piqa - 0.1  # ...the damaged one is not
-    (gate,) = stages.general_gates(config, before, after)
+    (gate,) = general_gates(config, before, after)
     print(gate.reason)
     assert gate.outcome != "pass" and gate.low < -0.02 and gate.n == 100  # refused by default
     acc_norm = general_drop_gate(
-        "piqa", stages.per_item(before[0], "acc_norm"), stages.per_item(after[0], "acc_norm"),
+        "piqa", per_item(before[0], "acc_norm"), per_item(after[0], "acc_norm"),
         config.gates.general.model_copy(update={"metric": "acc_norm"}),
     )  # fmt: skip
     print(acc_norm.reason)

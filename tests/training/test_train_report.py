@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from test_train import make_train_config, write_snapshot_file
 
-from tunegate import stages
 from tunegate.data.snapshot import Snapshot
 from tunegate.lineage import Lineage
 from tunegate.training.report import CURVE_FILE, training_section
+from tunegate.training.stage import train_recorded
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,7 +20,7 @@ def test_recorded_training_keeps_the_loss_curve_and_draws_it(tmp_path, tiny_base
     lineage = Lineage(":memory:")
     run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json())
     snap = Snapshot("snap-1", write_snapshot_file(tmp_path), ())
-    result = stages.train_recorded(config, lineage, run_id, tiny_base_model, snap)
+    result = train_recorded(config, lineage, run_id, tiny_base_model, snap)
 
     curve = lineage.loss_curve(lineage.adapter(result.adapter_id)["training_run_id"])
     assert [p["step"] for p in curve] == [1, 2, 3, 4]

@@ -198,19 +198,21 @@ def notify(
 def curate(config: ConfigArg) -> None:
     """Run curation alone and print the funnel (every row gets a verdict)."""
     cfg = _config(config)
-    from tunegate import stages
     from tunegate.chat import ChatError, load_tokenizer
     from tunegate.curation.run import CurationError
     from tunegate.curation.run import curate as curate_rows
+    from tunegate.data.snapshot import snapshot_records
     from tunegate.faults import fault_point
+    from tunegate.models import prepare_base_model
     from tunegate.review.triage import review_synthetic
-    from tunegate.runs.guard import guard_run
+    from tunegate.runs.guard import guard_run, open_lineage
+    from tunegate.training.stage import train_recorded
 
-    lineage = stages.open_lineage(cfg)
+    lineage = open_lineage(cfg)
     run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
     try:
         with guard_run(lineage, run_id):  # any other error ends the run `failed`, then raises
-            base = stages.prepare_base_model(cfg, lineage)  # its tokenizer: the template gate
+            base = prepare_base_model(cfg, lineage)  # its tokenizer: the template gate
             fault_point("base_model")
             tokenizer = load_tokenizer(base.path, cfg)
             result = curate_rows(cfg, lineage, run_id, tokenizer=tokenizer)
@@ -218,7 +220,7 @@ def curate(config: ConfigArg) -> None:
             result = triage.result
             fault_point("curated")
             # the rows accepted now, as `tunegate train` takes them (`--snapshot`, default latest)
-            snap = stages.snapshot_records(cfg, lineage, run_id, result.accepted)
+            snap = snapshot_records(cfg, lineage, run_id, result.accepted)
     except (CurationError, ChatError, OSError) as exc:  # OSError: a full disk (run `failed`)
         err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # paths whole
         raise typer.Exit(1) from None
@@ -258,11 +260,11 @@ def train_cmd(
     One process, or several under `accelerate launch` (DDP): each trains on its share of every
     step; the main one records and saves.
     """
-    from tunegate import stages
-    from tunegate.data.snapshot import Snapshot
+    from tunegate.data.snapshot import Snapshot, snapshot_records
     from tunegate.lineage import LineageError
-    from tunegate.models import config_base_model, resolve_base_model
-    from tunegate.runs.guard import guard_run
+    from tunegate.models import config_base_model, prepare_base_model, resolve_base_model
+    from tunegate.runs.guard import guard_run, open_lineage
+    from tunegate.training.stage import train_recorded
     from tunegate.training.train import TrainError, is_main_process, process_state
 
     cfg = _config(config, runnable=True)
@@ -271,7 +273,7 @@ def train_cmd(
         err.print("[red]--out is required with several processes[/red] (they share one adapter)")
         raise typer.Exit(1)
     main = is_main_process()
-    lineage = stages.open_lineage(cfg)
+    lineage = open_lineage(cfg)
     try:
         row = lineage.snapshot(snapshot)
     except LineageError as exc:
@@ -281,12 +283,12 @@ def train_cmd(
         raise typer.Exit(1) from None
     snap = Snapshot(row["snapshot_id"], Path(row["path"]), ())
     with procs.main_process_first():  # the embedded model is de-quantized once, by the main one
-        base = (stages.prepare_base_model(cfg, lineage) if main
+        base = (prepare_base_model(cfg, lineage) if main
                 else resolve_base_model(config_base_model(cfg), cfg.workspace_dir))  # fmt: skip
     run_id = lineage.start_run("train", cfg.config_hash(), cfg.model_dump_json()) if main else ""
     try:
         with guard_run(lineage, run_id) if main else contextlib.nullcontext():
-            result = stages.train_recorded(cfg, lineage if main else None, run_id, base, snap,
+            result = train_recorded(cfg, lineage if main else None, run_id, base, snap,
                                            out)  # fmt: skip
     except (TrainError, ValueError) as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")

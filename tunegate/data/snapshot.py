@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunegate.config import PipelineConfig
 from tunegate.data.records import Record
+from tunegate.lineage import Lineage
 
 
 @dataclass(frozen=True)
@@ -42,3 +44,11 @@ def read_snapshot(path: Path) -> list[list[dict[str, str]]]:
     """The conversations of a snapshot file, in order."""
     with path.open(encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def snapshot_records(
+    config: PipelineConfig, lineage: Lineage, run_id: str, records: list[Record]
+) -> Snapshot:
+    snap = write_snapshot(records, config.workspace_dir / "snapshots")
+    lineage.record_snapshot(snap.snapshot_id, run_id, str(snap.path), list(snap.record_ids))
+    return snap

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tunegate.config import PipelineConfig
 from tunegate.lineage import Lineage
 
 
@@ -67,3 +69,14 @@ def guard_run(lineage: Lineage, run_id: str) -> Iterator[None]:
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def open_lineage(config: PipelineConfig) -> Lineage:
+    """The workspace's lineage, for a command that writes: runs whose process died are marked
+    `abandoned` first (and their spool files removed)."""
+    lineage = Lineage(config.workspace_dir / "lineage.duckdb")
+    for run_id in reap_abandoned(lineage, config.workspace_dir):
+        logging.getLogger(__name__).warning(
+            "run %s was abandoned by its process: marked `abandoned`", run_id
+        )
+    return lineage

@@ -6,10 +6,18 @@ The same Markdown goes into Prefect artifacts and into `reports/<run id>/summary
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from tunegate.config import PipelineConfig
+from tunegate.curation.run import CurationResult
+from tunegate.evaluation.evaluate import TASK, EvalOutcome, general_tasks
+from tunegate.evaluation.stage import outcome
 from tunegate.lineage import REASON_CODES
 from tunegate.release.gates import GateResult
+from tunegate.release.registry import Decision
+from tunegate.release.stage import gate_summary
 from tunegate.render import markdown_table
 
 
@@ -44,3 +52,60 @@ def write_report(reports_dir: Path, run_id: str, sections: dict[str, str]) -> Pa
     path = out / "summary.md"
     path.write_text(f"# tunegate run {run_id}\n\n{body}\n")
     return path
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a pipeline run prints at the end and returns from the flow."""
+
+    run_id: str
+    rows: dict[str, Any]
+    heldout: dict[str, Any]
+    general: dict[str, dict[str, float]]  # task -> {base, adapter} on gates.general.metric
+    gate: str
+    adapter_id: str | None
+    promoted: bool
+    reason: str
+    report: str
+    eval_report: str
+
+
+def summarize(
+    run_id: str,
+    curation: CurationResult,
+    config: PipelineConfig,
+    base_evals: list[EvalOutcome],
+    adapter_evals: list[EvalOutcome],
+    decision: Decision,
+    report: Path,
+    eval_report: Path,
+    gates: Sequence[GateResult] = (),
+) -> RunSummary:
+    accepted = len(curation.accepted)
+    metric, general = config.gates.metric, config.gates.general.metric
+    return RunSummary(
+        run_id=run_id,
+        rows={
+            "in": curation.n_input,
+            "accepted": accepted,
+            "rejected": curation.n_input - accepted,
+        },
+        heldout={
+            "metric": metric,
+            "base": outcome(base_evals, TASK).metrics[metric][0],
+            "adapter": outcome(adapter_evals, TASK).metrics[metric][0],
+        },
+        general={
+            t.name.removeprefix("tunegate_"): {
+                "base": outcome(base_evals, t.name).metrics[general][0],
+                "adapter": outcome(adapter_evals, t.name).metrics[general][0],
+            }
+            for t in general_tasks(config)
+        },
+        gate=gate_summary(gates, decision.promoted),
+        adapter_id=decision.adapter_id,
+        promoted=decision.promoted,
+        reason=decision.reason,
+        report=str(report),
+        eval_report=str(eval_report),
+    )
