@@ -206,7 +206,6 @@ def curate(config: ConfigArg) -> None:
     from tunegate.models import prepare_base_model
     from tunegate.review.triage import review_synthetic
     from tunegate.runs.guard import guard_run, open_lineage
-    from tunegate.training.stage import train_recorded
 
     lineage = open_lineage(cfg)
     run_id = lineage.start_run("curate", cfg.config_hash(), cfg.model_dump_json())
@@ -260,7 +259,7 @@ def train_cmd(
     One process, or several under `accelerate launch` (DDP): each trains on its share of every
     step; the main one records and saves.
     """
-    from tunegate.data.snapshot import Snapshot, snapshot_records
+    from tunegate.data.snapshot import Snapshot
     from tunegate.lineage import LineageError
     from tunegate.models import config_base_model, prepare_base_model, resolve_base_model
     from tunegate.runs.guard import guard_run, open_lineage
