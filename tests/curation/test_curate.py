@@ -298,7 +298,7 @@ def test_run_writer_writes_in_transactions_and_surfaces_a_failed_write(tmp_path)
     """Lineage writes run in a background thread: every row arrives, and errors are not lost."""
     from tunegate.curation.run import RunWriter
     from tunegate.data.records import Record
-    from tunegate.lineage import Verdict
+    from tunegate.data.verdicts import Verdict
 
     class Lineage:
         def __init__(self, fail: bool = False):

@@ -1,7 +1,8 @@
 import duckdb
 import pytest
 
-from tunegate.lineage import SCHEMA_VERSION, Lineage, LineageError, Verdict
+from tunegate.data.verdicts import Verdict
+from tunegate.lineage import SCHEMA_VERSION, Lineage, LineageError
 
 
 def test_schema_is_versioned_and_a_newer_file_is_refused(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tunegate.cli import app
-from tunegate.lineage import Lineage, LineageError, Verdict
+from tunegate.data.verdicts import Verdict
+from tunegate.lineage import Lineage, LineageError
 
 
 def filled(workspace: Path, rows: int = 100_000) -> Lineage:

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from tunegate import cli
 from tunegate.cli import app
-from tunegate.lineage import Lineage, Verdict
+from tunegate.data.verdicts import Verdict
+from tunegate.lineage import Lineage
 from tunegate.runs.history import GateOutcome, Night, changes, run_history
 from tunegate.runs.trends import trends_markdown, write_trends
 

@@ -34,7 +34,7 @@ from tunegate.curation.checks.base import Batch, BatchCheck, RowCheck
 from tunegate.curation.shingles import key64
 from tunegate.data.ingest import Rejected, raw_text
 from tunegate.data.records import Record
-from tunegate.lineage import Verdict
+from tunegate.data.verdicts import Verdict
 
 ACCEPTED_STAGE = "curate"
 

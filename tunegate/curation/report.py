@@ -23,7 +23,8 @@ import numpy as np
 
 from tunegate.curation.expectations import SuiteResult
 from tunegate.curation.funnel import FunnelStats
-from tunegate.lineage import REASON_CODES, Lineage
+from tunegate.data.verdicts import REASON_CODES
+from tunegate.lineage import Lineage
 from tunegate.render import markdown_table
 
 _CSS = """

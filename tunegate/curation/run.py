@@ -43,8 +43,9 @@ from tunegate.curation.funnel import (
 from tunegate.curation.report import write_quality_report
 from tunegate.data.ingest import Rejected, SourceError, file_sha256, ingest_file, source_files
 from tunegate.data.records import Record
+from tunegate.data.verdicts import Verdict
 from tunegate.faults import fault_point
-from tunegate.lineage import Lineage, Verdict
+from tunegate.lineage import Lineage
 
 STAGE = "curate"
 log = logging.getLogger(__name__)

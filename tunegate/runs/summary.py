@@ -12,9 +12,9 @@ from typing import Any
 
 from tunegate.config import PipelineConfig
 from tunegate.curation.run import CurationResult
+from tunegate.data.verdicts import REASON_CODES
 from tunegate.evaluation.evaluate import TASK, EvalOutcome, general_tasks
 from tunegate.evaluation.stage import outcome
-from tunegate.lineage import REASON_CODES
 from tunegate.release.gates import GateResult
 from tunegate.release.registry import Decision
 from tunegate.release.stage import gate_summary

@@ -41,7 +41,7 @@ from tunegate.chat import (
 )
 from tunegate.config import PipelineConfig, TemplateConfig
 from tunegate.data.records import Record
-from tunegate.lineage import Verdict
+from tunegate.data.verdicts import Verdict
 
 if TYPE_CHECKING:
     from rich.text import Text
