@@ -10,7 +10,6 @@ HF model directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunegate.config import EMBEDDED_MODEL, PipelineConfig
+from tunegate.hashing import sha256_file, sha256_tree
 from tunegate.lineage import Lineage
 
 log = logging.getLogger(__name__)
@@ -42,24 +42,13 @@ class BaseModel:
     sha256: str
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256_dir(path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin")) -> str:
-    """Hash of a model or adapter directory's weight files (names and bytes, sorted)."""
-    files = sorted({f for p in patterns for f in path.glob(p)})
+    """Hash of a model or adapter directory's weight files (names and bytes, sorted): only the
+    weights count, so the id names what was trained and ignores tokenizer or metadata files."""
+    files = {f for p in patterns for f in path.glob(p)}
     if not files:
         raise ModelError(f"{path}: no weight files ({', '.join(patterns)})")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()
+    return sha256_tree(path, files, name_end=b"")
 
 
 def embedded_gguf() -> Path:

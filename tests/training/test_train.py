@@ -17,7 +17,8 @@ from conftest import REPO, write_jsonl
 
 from tunegate.chat import tokenize_chat
 from tunegate.config import PipelineConfig, TrainConfig, parse_config
-from tunegate.models import BaseModel, sha256_dir, sha256_file
+from tunegate.hashing import sha256_file
+from tunegate.models import BaseModel, sha256_dir
 from tunegate.precision import dtype_name, resolve_dtype
 from tunegate.training.checkpoints import last_complete_checkpoint, remove_incomplete
 from tunegate.training.manifest import MANIFEST_KEYS

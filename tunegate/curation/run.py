@@ -41,10 +41,11 @@ from tunegate.curation.funnel import (
     frozen_heap,
 )
 from tunegate.curation.report import write_quality_report
-from tunegate.data.ingest import Rejected, SourceError, file_sha256, ingest_file, source_files
+from tunegate.data.ingest import Rejected, SourceError, ingest_file, source_files
 from tunegate.data.records import Record
 from tunegate.data.verdicts import Verdict
 from tunegate.faults import fault_point
+from tunegate.hashing import sha256_source
 from tunegate.lineage import Lineage
 
 STAGE = "curate"
@@ -152,7 +153,7 @@ def _rows(config: PipelineConfig, files: list[dict[str, object]]) -> Iterator[Re
                                         src.encoding):  # fmt: skip
                     n_rows += 1
                     yield item
-                sha = file_sha256(path)
+                sha = sha256_source(path)
             except (SourceError, OSError) as exc:  # one clear error for the source, no traceback
                 raise CurationError(f"source {src.path}: {exc}") from None
             entry = {"path": str(path), "sha256": sha, "format": src.format, "origin": src.origin}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import itertools
 import json
 import os
@@ -34,7 +33,6 @@ from typing import Any
 from tunegate.data.records import ROLES, Record
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}  # fmt: skip
 _CHUNK = 1 << 20  # characters read at a time from a JSON file
@@ -135,19 +133,6 @@ def source_files(path: Path) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"{path}: no {'/'.join(FILE_SUFFIXES)} files in this directory")
     return sorted(found)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, sorted)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-        with p.open("rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
 
 
 def read_rows(

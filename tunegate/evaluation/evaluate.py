@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunegate.chat import ChatError, end_of_turn, load_tokenizer
 from tunegate.config import PipelineConfig
-from tunegate.models import BaseModel, sha256_file
+from tunegate.hashing import sha256_file
+from tunegate.models import BaseModel
 from tunegate.precision import dtype_name, pick_device, resolve_dtype
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
@@ -46,7 +47,6 @@ LOGLIK_TASK = "tunegate_heldout_loglik"
 TASK_YAML = TASKS_DIR / "heldout" / "heldout.yaml"
 LOGLIK_YAML = TASKS_DIR / "heldout" / "heldout_loglik.yaml"
 METRICS = ("field_accuracy", "json_valid", "exact_match")
-GENERAL_TASKS = ("piqa", "arc_easy", "hellaswag")
 GENERAL_METRICS = ("p_gold", "acc", "acc_norm")
 # Computed by tunegate from each item's choice log-likelihoods, not by lm-eval.
 DERIVED_METRICS = ("p_gold",)

@@ -18,15 +18,15 @@ who and why. Every decision, refusals included, lands in `promotions`: an alias'
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunegate.hashing import sha256_tree
 from tunegate.lineage import ALIAS_MOVES, Lineage, LineageError
-from tunegate.models import ModelError, sha256_dir, sha256_file
+from tunegate.models import ModelError, sha256_dir
 
 ACTOR_ENV = "TUNEGATE_ACTOR"
 MANIFEST = "manifest.json"
@@ -73,17 +73,14 @@ def files_digest(path: Path) -> str:
     """sha256 over every file under an adapter directory (relative names and contents), and of
     `manifest.json` the fields in `MANIFEST_MEANING` only: the rest is the run's metadata
     (times, metrics), which differs between two runs that trained the very same weights."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(sha256_file(f).encode())
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         manifest = None  # missing or unreadable: hashed as such, and `export` refuses it
     meaning = {k: manifest.get(k) for k in MANIFEST_MEANING} if isinstance(manifest, dict) else None
-    h.update(f"{MANIFEST}#meaning\0".encode() + json.dumps(meaning, sort_keys=True).encode())
-    return h.hexdigest()
+    trailer = f"{MANIFEST}#meaning\0".encode() + json.dumps(meaning, sort_keys=True).encode()
+    files = (p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sha256_tree(path, files, trailer=trailer)
 
 
 def resolve_adapter(lineage: Lineage, ref: str) -> tuple[dict[str, Any], Path]:

@@ -39,7 +39,8 @@ from tunegate.chat import (
 )
 from tunegate.config import LoraConfig, PipelineConfig, TrainConfig
 from tunegate.data.snapshot import read_snapshot
-from tunegate.models import BaseModel, sha256_dir, sha256_file
+from tunegate.hashing import sha256_file
+from tunegate.models import BaseModel, sha256_dir
 from tunegate.precision import dtype_name, dtype_problem, pick_device, resolve_dtype
 from tunegate.training.checkpoints import (
     checkpoint_dir,
