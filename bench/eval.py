@@ -37,7 +37,8 @@ from tunegate.config import load_config  # noqa: E402
 from tunegate.evaluation.evaluate import EvalOutcome, evaluate, general_tasks, heldout_tasks  # noqa: E402
 from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
 from tunegate.precision import cpu_kind  # noqa: E402
-from tunegate.release.stage import general_gates, run_gates  # noqa: E402
+from tunegate.release.gates.general_drop import GeneralDrop  # noqa: E402
+from tunegate.release.stage import run_gates  # noqa: E402
 
 
 def random_adapter(base: BaseModel, out: Path, seed: int = 0) -> Path:
@@ -149,7 +150,8 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="tunegate-bench-adapter-") as tmp:
                 adapter = args.adapter or random_adapter(base, Path(tmp) / "adapter")
                 adapter_out, adapter_s = run_subject(base, adapter, tasks)
-            gates = (general_gates if args.no_heldout else run_gates)(cfg, base_out, adapter_out)
+            judge = GeneralDrop().evaluate if args.no_heldout else run_gates
+            gates = judge(cfg, base_out, adapter_out)
             run |= {"adapter_seconds": adapter_s, "adapter": scores(adapter_out),
                     "total_seconds": base_s + adapter_s,
                     "gates": [[g.gate, g.outcome, g.reason] for g in gates]}  # fmt: skip

@@ -27,7 +27,7 @@ from tunegate.config import load_config  # noqa: E402
 from tunegate.evaluation.evaluate import EvalOutcome, evaluate, general_tasks  # noqa: E402
 from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
 from tunegate.precision import cpu_kind  # noqa: E402
-from tunegate.release.gates import general_drop_gate  # noqa: E402
+from tunegate.release.gates.general_drop import general_drop_gate  # noqa: E402
 
 SCORES = ("p_gold", "acc", "acc_norm")
 

@@ -8,7 +8,8 @@ import pytest
 
 from tunegate.config import GateConfig, GeneralGateConfig
 from tunegate.evaluation.stats import mean_interval, paired_difference
-from tunegate.release.gates import general_drop_gate, heldout_gain_gate
+from tunegate.release.gates.general_drop import general_drop_gate
+from tunegate.release.gates.heldout_gain import heldout_gain_gate
 
 
 def scores(values: list[float]) -> dict[str, float]:

@@ -12,8 +12,9 @@ from tunegate.config import parse_config
 from tunegate.evaluation.stage import evaluate_recorded
 from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, sha256_dir
-from tunegate.release.gates import general_drop_gate
-from tunegate.release.stage import gate_and_promote, general_gates, per_item
+from tunegate.release.gates import per_item
+from tunegate.release.gates.general_drop import GeneralDrop, general_drop_gate
+from tunegate.release.stage import gate_and_promote
 from tunegate.training.train import TrainResult
 
 
@@ -76,7 +77,7 @@ def test_an_adapter_that_damages_general_capability_is_refused(embedded_model_di
     piqa = before[0].metrics["acc_norm"][0]
     assert piqa > 0.6  # the base model is clearly above chance (0.5)...
     assert after[0].metrics["acc_norm"][0] < piqa - 0.1  # ...the damaged one is not
-    (gate,) = general_gates(config, before, after)
+    (gate,) = GeneralDrop().evaluate(config, before, after)
     print(gate.reason)
     assert gate.outcome != "pass" and gate.low < -0.02 and gate.n == 100  # refused by default
     acc_norm = general_drop_gate(

@@ -5,47 +5,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tunegate.config import PipelineConfig
-from tunegate.evaluation.evaluate import (
-    TASK,
-    EvalOutcome,
-    general_tasks,
-)
-from tunegate.evaluation.stage import outcome
+from tunegate.evaluation.evaluate import EvalOutcome
 from tunegate.lineage import Lineage
-from tunegate.release.gates import OUTCOMES, GateResult, general_drop_gate, heldout_gain_gate
+from tunegate.release.gates import OUTCOMES, Gate, GateResult
+from tunegate.release.gates.general_drop import GeneralDrop
+from tunegate.release.gates.heldout_gain import HeldoutGain
 from tunegate.release.promote import Decision, decide_promotion
 from tunegate.training.train import TrainResult
+
+# Every gate a release must pass, in the order they are recorded and reported. A new gate is a
+# file in `tunegate/release/gates/` and one line here.
+GATES: tuple[Gate, ...] = (
+    HeldoutGain(),
+    GeneralDrop(),
+)
 
 
 def run_gates(
     config: PipelineConfig, base_evals: list[EvalOutcome], adapter_evals: list[EvalOutcome]
 ) -> list[GateResult]:
-    """Every configured gate: held-out gain, then one no-forgetting gate per general task."""
-    metric = config.gates.metric
-    base, tuned = outcome(base_evals, TASK), outcome(adapter_evals, TASK)
-    if metric not in base.metrics or metric not in tuned.metrics:
-        raise KeyError(f"gates.metric {metric!r} is not a held-out metric ({sorted(base.metrics)})")
-    gain = heldout_gain_gate(per_item(base, metric), per_item(tuned, metric), config.gates)
-    return [gain, *general_gates(config, base_evals, adapter_evals)]
-
-
-def per_item(o: EvalOutcome, metric: str) -> dict[str, float]:
-    """item id -> one metric of that item."""
-    return {s.item_id: s.scores[metric] for s in o.samples}
-
-
-def general_gates(
-    config: PipelineConfig, base_evals: list[EvalOutcome], adapter_evals: list[EvalOutcome]
-) -> list[GateResult]:
-    """One no-forgetting gate per task of `eval.general.tasks`, on paired per-item scores."""
-    metric = config.gates.general.metric
-    gates = []
-    for task in general_tasks(config):
-        base_scores = per_item(outcome(base_evals, task.name), metric)
-        adapter_scores = per_item(outcome(adapter_evals, task.name), metric)
-        short = task.name.removeprefix("tunegate_")
-        gates.append(general_drop_gate(short, base_scores, adapter_scores, config.gates.general))
-    return gates
+    """Every verdict of every gate in `GATES`: held-out gain, then one no-forgetting verdict per
+    general task."""
+    return [result for gate in GATES for result in gate.evaluate(config, base_evals, adapter_evals)]
 
 
 def gate_and_promote(
