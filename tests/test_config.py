@@ -96,3 +96,27 @@ def test_model_chat_format_settings_are_validated(tmp_path):
     own = parse_config({"data": {"sources": [{"path": "x"}]},
                         "model": {"chat_template": "templates/mine.jinja"}})  # fmt: skip
     assert own.model.chat_template == "templates/mine.jinja"
+
+
+def test_general_eval_tasks_are_the_yamls_of_evals_tasks_general(tmp_path):
+    from tunegate.evaluation.evaluate import available_general_tasks
+
+    assert available_general_tasks() == ["arc_easy", "hellaswag", "piqa"]
+    ok = parse_config({"data": {"sources": [{"path": "x"}]}, "eval": {"general": {"tasks": []}}})
+    assert ok.eval.general.tasks == []
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "data: {sources: [{path: x.jsonl}]}\neval: {general: {tasks: [piqa, mmlu]}}\n"
+        "gates: {general: {max_drop_per_task: {winogrande: 0.05}}}\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    problems = dict(exc.value.problems)
+    assert set(problems) == {"eval.general.tasks", "gates.general.max_drop_per_task"}
+    for key, value in (("eval.general.tasks", "mmlu"),
+                       ("gates.general.max_drop_per_task", "winogrande")):  # fmt: skip
+        assert f"unknown general eval task {value!r}" in problems[key]
+        assert "arc_easy, hellaswag, piqa" in problems[key]
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1
+    assert "eval.general.tasks" in result.output and "'mmlu'" in result.output

@@ -416,13 +416,25 @@ class TrainConfig(Section):
     )
 
 
-GeneralTask = Literal["piqa", "arc_easy", "hellaswag"]
+def known_general_task(name: str) -> str:
+    """`name` if `evals/tasks/general/<name>.yaml` exists (the file the eval runs), else an
+    error naming the value and the tasks there are (the key path is added by `parse_config`):
+    a new general task is a new YAML there, not a change here."""
+    from tunegate.evaluation.evaluate import available_general_tasks
+
+    available = available_general_tasks()
+    if name not in available:
+        raise ValueError(
+            f"unknown general eval task {name!r}; the tasks of evals/tasks/general/ are "
+            f"{', '.join(available)}"
+        )
+    return name
 
 
 class GeneralEvalConfig(Section):
     """General-capability suite: lm-eval log-likelihood multiple choice on shipped files."""
 
-    tasks: list[GeneralTask] = Field(
+    tasks: list[str] = Field(
         ["piqa", "arc_easy", "hellaswag"],
         description="Tasks of `evals/tasks/general/` to run on base and adapter; [] skips the "
         "suite (and its gates).",
@@ -435,6 +447,11 @@ class GeneralEvalConfig(Section):
         "too small for the general gate to be conclusive and says the N needed.",
     )  # fmt: skip
     batch_size: int = Field(16, ge=1, description="Log-likelihood requests per forward pass.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        return [known_general_task(name) for name in v]
 
 
 class EvalConfig(Section):
@@ -473,7 +490,7 @@ class GeneralGateConfig(Section):
         "(0.02 = 2 points). pass: the paired-bootstrap lower confidence bound of adapter minus "
         "base is above -max_drop; fail: the upper bound is below it; else inconclusive.",
     )  # fmt: skip
-    max_drop_per_task: dict[GeneralTask, float] = Field(
+    max_drop_per_task: dict[str, float] = Field(
         default_factory=dict, description="Per-task overrides of `max_drop`, e.g. {piqa: 0.05}."
     )
     confidence: float = Field(
@@ -483,9 +500,16 @@ class GeneralGateConfig(Section):
         2000, ge=100, description="Paired bootstrap resamples of the items (seeded: repeatable)."
     )
 
+    @field_validator("max_drop_per_task")
+    @classmethod
+    def _known_task_keys(cls, v: dict[str, float]) -> dict[str, float]:
+        for name in v:
+            known_general_task(name)
+        return v
+
     def drop_limit(self, task: str) -> float:
         """The tolerated drop for one task (its override, else `max_drop`)."""
-        return self.max_drop_per_task.get(task, self.max_drop)  # type: ignore[call-overload]
+        return self.max_drop_per_task.get(task, self.max_drop)
 
 
 class GateConfig(Section):

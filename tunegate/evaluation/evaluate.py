@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS_DIR = REPO / "evals" / "tasks"
+GENERAL_TASKS_DIR = TASKS_DIR / "general"
 GENERAL_DATA_DIR = REPO / "evals" / "data" / "general"
 
 TASK = "tunegate_heldout"
@@ -127,10 +128,16 @@ def general_tasks(config: PipelineConfig) -> list[EvalTask]:
     metric = config.gates.general.metric
     metrics = (metric, *(m for m in GENERAL_METRICS if m != metric))
     return [
-        EvalTask(f"tunegate_{name}", TASKS_DIR / "general" / f"{name}.yaml",
+        EvalTask(f"tunegate_{name}", GENERAL_TASKS_DIR / f"{name}.yaml",
                  GENERAL_DATA_DIR / f"{name}.jsonl", metrics, False, g.limit, g.batch_size, dtype)
         for name in g.tasks
     ]  # fmt: skip
+
+
+def available_general_tasks() -> list[str]:
+    """Names `eval.general.tasks` may hold: one per `evals/tasks/general/<name>.yaml`, the
+    definition `general_tasks` runs (its data is `evals/data/general/<name>.jsonl`)."""
+    return sorted(p.stem for p in GENERAL_TASKS_DIR.glob("*.yaml"))
 
 
 def eval_dtype(config: PipelineConfig) -> str:
