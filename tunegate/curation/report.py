@@ -9,13 +9,9 @@ link to the Great Expectations Data Docs. Charts are matplotlib PNGs embedded in
 
 from __future__ import annotations
 
-import base64
 import difflib
-import html
-import io
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,48 +21,8 @@ from tunegate.curation.expectations import SuiteResult
 from tunegate.curation.funnel import FunnelStats
 from tunegate.data.verdicts import REASON_CODES
 from tunegate.lineage import Lineage
-from tunegate.render import markdown_table
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;
-  padding:0 16px}
-h1{font-size:22px}
-h2{font-size:17px;margin-top:30px;border-bottom:1px solid #dde;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0}
-td,th{border:1px solid #dde;padding:4px 8px;vertical-align:top;text-align:left}
-th{background:#f3f5f9}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#17803d;font-weight:600}.bad{color:#b42318;font-weight:600}.muted{color:#667}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:10px;margin:10px 0 18px}
-mark{background:#ffe58a;padding:0 1px}
-.card{border:1px solid #dde;border-radius:6px;padding:8px;background:#fbfcfe;overflow:hidden}
-.msg{margin:4px 0;white-space:pre-wrap;word-break:break-word}.role{font-weight:600;color:#345}
-pre{white-space:pre-wrap;word-break:break-all;background:#f6f7f9;padding:6px;margin:4px 0;
-  max-height:160px;overflow:auto}
-img{max-width:100%}.summary td{border:none;padding:2px 12px 2px 0}
-"""
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _clip(text: str, n: int = 600) -> str:
-    return text if len(text) <= n else text[:n] + f" … [{len(text) - n} more characters]"
-
-
-def _table(
-    header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()
-) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(
-            f"<td class='n'>{_e(v)}</td>" if i in numeric else f"<td>{v}</td>"
-            for i, v in enumerate(row)
-        ) + "</tr>"
-        for row in rows
-    )  # fmt: skip
-    return f"<table><tr>{head}</tr>{body}</table>"
+from tunegate.render import clip, html_page, html_table, markdown_table, png_img
+from tunegate.render import escape as _e
 
 
 def _from_raw(raw: str) -> list[dict[str, str]] | None:
@@ -88,13 +44,13 @@ def _load(messages_json: str | None, raw: str | None) -> list[dict[str, str]] | 
 
 def _marked(text: str, other: str | None) -> str:
     """The text with its words that differ from `other` marked (case and spacing ignored)."""
-    text = _clip(text)
+    text = clip(text, 600)
     if other is None:
         return _e(text)
     tokens = re.findall(r"\S+|\s+", text)
     at = [i for i, t in enumerate(tokens) if not t.isspace()]
     mine = [tokens[i].casefold() for i in at]
-    theirs = [t.casefold() for t in _clip(other).split()]
+    theirs = [t.casefold() for t in clip(other, 600).split()]
     marked: set[int] = set()
     matcher = difflib.SequenceMatcher(None, mine, theirs, autojunk=False)
     for op, i1, i2, _, _ in matcher.get_opcodes():
@@ -114,19 +70,8 @@ def _messages(messages_json: str | None, raw: str | None = None,
             "</div>" for k, m in enumerate(msgs)
         )  # fmt: skip
     if raw:
-        return f"<pre>{_e(_clip(raw, 1200))}</pre>"
+        return f"<pre>{_e(clip(raw, 1200))}</pre>"
     return "<span class='muted'>(not available)</span>"
-
-
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return (
-        f"<img alt='chart' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
-    )
 
 
 def length_histogram(before: np.ndarray, after: np.ndarray, *, unit: str) -> str:
@@ -149,7 +94,7 @@ def length_histogram(before: np.ndarray, after: np.ndarray, *, unit: str) -> str
     ax.set_xlabel(f"{unit} per conversation")
     ax.set_ylabel("rows")
     ax.legend()
-    return _png(fig)
+    return png_img(fig, "chart")
 
 
 def funnel_chart(stats: FunnelStats) -> str:
@@ -168,7 +113,7 @@ def funnel_chart(stats: FunnelStats) -> str:
         ax.text(max(v, 0.8), y, f" {v}", va="center", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("rows (log scale): input, rejected at each stage, accepted")
-    return _png(fig)
+    return png_img(fig, "chart")
 
 
 def _stats_line(a: np.ndarray) -> str:
@@ -251,11 +196,11 @@ def write_quality_report(
 
     # 1. the funnel
     parts.append("<h2>Funnel: rows per stage</h2>")
-    parts.append(_table(STAGE_HEADER, stage_rows(stats), numeric=(2, 3, 4, 5)))
+    parts.append(html_table(STAGE_HEADER, stage_rows(stats), numeric=(2, 3, 4, 5)))
     parts.append(funnel_chart(stats))
     reasons = sorted(stats.counts.items(), key=lambda kv: -kv[1])
     parts.append("<h2>Verdicts by reason</h2>")
-    parts.append(_table(["verdict", "rows", "share", "meaning"], [
+    parts.append(html_table(["verdict", "rows", "share", "meaning"], [
         (_e(k), n, f"{n / max(stats.n_input, 1):.1%}", _e(REASON_CODES.get(k, "trains")))
         for k, n in reasons], numeric=(1, 2)))  # fmt: skip
 
@@ -265,7 +210,7 @@ def write_quality_report(
         by_source.setdefault(r["source"], {})[r["verdict"]] = r["n"]
     verdict_names = [k for k, _ in reasons]
     parts.append("<h2>Per source</h2>")
-    parts.append(_table(["source", "rows", *verdict_names], [
+    parts.append(html_table(["source", "rows", *verdict_names], [
         (_e(src), sum(c.values()), *(c.get(v, 0) for v in verdict_names))
         for src, c in sorted(by_source.items())
     ], numeric=tuple(range(1, len(verdict_names) + 2))))  # fmt: skip
@@ -287,7 +232,7 @@ def write_quality_report(
     clusters = lineage.cluster_sizes(run_id)
     if clusters:
         parts.append(f"<p>{len(clusters)} clusters; the largest:</p>")
-        parts.append(_table(["cluster", "reason", "rejected copies", "kept row"], [
+        parts.append(html_table(["cluster", "reason", "rejected copies", "kept row"], [
             (f"<code>{_e(c['cluster_id'])}</code>", _e(c["reason"]), c["copies"], _e(c["kept"]))
             for c in clusters[:10]], numeric=(2,)))  # fmt: skip
     for reason in ("exact_duplicate", "near_duplicate", "duplicate_response"):
@@ -332,13 +277,12 @@ def write_quality_report(
         parts.append("<p class='muted'>not run (contracts.batch_suite is null)</p>")
     else:
         parts.append(f"<p>Suite <code>{_e(suite.path)}</code>{_docs_links(suite, path.parent)}</p>")
-        parts.append(_table(["expectation", "column", "result", "observed", "why"], [
+        parts.append(html_table(["expectation", "column", "result", "observed", "why"], [
             (_e(o.type), _e(o.column or ""),
              "<span class='ok'>pass</span>" if o.success else "<span class='bad'>FAIL</span>",
              _e(o.observed), _e(o.notes)) for o in suite.outcomes]))  # fmt: skip
 
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>quality {_e(run_id)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")  # fmt: skip
+    page = html_page(f"quality {run_id}", "".join(parts))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path

@@ -9,9 +9,6 @@ model's answer. The table rows are also what the flow publishes as a Prefect tab
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,29 +19,11 @@ from tunegate.evaluation.evaluate import EvalOutcome, Sample
 from tunegate.evaluation.stats import Interval, mean_interval, paired_difference
 from tunegate.release.gates import GateResult
 from tunegate.release.registry import Decision
+from tunegate.render import Cell, clip, html_page, html_table, png_img
+from tunegate.render import escape as _e
 
 # 0..1: one chart axis
 SHARES = ("field_accuracy", "json_valid", "exact_match", "acc", "acc_norm", "p_gold")
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;
-  padding:0 16px}
-h1{font-size:22px}h2{font-size:17px;margin-top:30px;border-bottom:1px solid #dde;
-  padding-bottom:4px}h3{font-size:15px;margin:22px 0 6px}h4{font-size:14px;margin:12px 0 4px}
-table{border-collapse:collapse;margin:8px 0}
-td,th{border:1px solid #dde;padding:4px 8px;vertical-align:top;text-align:left}
-th{background:#f3f5f9}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#17803d;font-weight:600}.bad{color:#b42318;font-weight:600}.muted{color:#667}
-.warn{color:#9a6700;font-weight:600}
-.banner{padding:10px 14px;border-radius:6px;font-size:16px;margin:10px 0}
-.banner.ok{background:#e7f6ec;border:1px solid #17803d}
-.banner.bad{background:#fdecea;border:1px solid #b42318}
-.pair{display:grid;grid-template-columns:1fr 1fr 1fr;gap:10px;margin:8px 0 16px}
-.card{border:1px solid #dde;border-radius:6px;padding:8px;background:#fbfcfe;overflow:hidden}
-pre{white-space:pre-wrap;word-break:break-word;background:#f6f7f9;padding:6px;margin:4px 0;
-  max-height:180px;overflow:auto}img{max-width:100%}
-"""
-
 
 _OUTCOME_CLASS = {"pass": "ok", "fail": "bad", "inconclusive": "warn"}
 
@@ -99,14 +78,6 @@ def metric_rows(
     return rows
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _clip(text: str, n: int = 900) -> str:
-    return text if len(text) <= n else text[:n] + f" … [{len(text) - n} more characters]"
-
-
 def _ci(i: Interval, signed: bool = False) -> str:
     f = "+.3f" if signed else ".3f"
     return f"{i.mean:{f}} <span class=muted>[{i.low:{f}}, {i.high:{f}}]</span>"
@@ -132,11 +103,7 @@ def ci_chart(rows: Sequence[MetricRow]) -> str:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="scores" src="data:image/png;base64,{data}">'
+    return png_img(fig, "scores")
 
 
 def _examples(base: EvalOutcome, adapter: EvalOutcome, per_side: int) -> str:
@@ -160,11 +127,12 @@ def _examples(base: EvalOutcome, adapter: EvalOutcome, per_side: int) -> str:
         for b, a in chosen:
             parts.append(
                 f"<div class=pair><div class=card><b>{_e(b.item_id)}</b>"
-                f"<pre>{_e(_clip(b.prompt))}</pre>reference<pre>{_e(_clip(b.target))}</pre></div>"
+                f"<pre>{_e(clip(b.prompt, 900))}</pre>"
+                f"reference<pre>{_e(clip(b.target, 900))}</pre></div>"
                 f"<div class=card><b>base</b> {b.score:.3f}"
-                f"<pre>{_e(_clip(b.prediction))}</pre></div>"
+                f"<pre>{_e(clip(b.prediction, 900))}</pre></div>"
                 f"<div class=card><b>adapter</b> {a.score:.3f}"
-                f"<pre>{_e(_clip(a.prediction))}</pre></div></div>"
+                f"<pre>{_e(clip(a.prediction, 900))}</pre></div></div>"
             )
     return "".join(parts)
 
@@ -193,22 +161,19 @@ def write_eval_report(
         "<h2>Gates</h2><p class=muted>pass: the whole one-sided confidence interval clears the "
         "threshold; FAIL: it lies wholly beyond it; inconclusive: it straddles it (too few "
         "items to tell). Only pass releases, unless the alias's policy accepts inconclusive."
-        "</p><table><tr><th>gate</th><th>outcome</th><th>value</th><th>threshold</th>"
-        "<th>items</th><th>reason</th></tr>",
-        *(f"<tr><td>{_e(g.gate)}</td><td class={_OUTCOME_CLASS[g.outcome]}>"
-          f"{'FAIL' if g.outcome == 'fail' else g.outcome}</td><td class=n>{g.value:+.3f}</td>"
-          f"<td class=n>{g.threshold:+.3f}</td><td class=n>{g.n}</td><td>{_e(g.reason)}</td>"
-          "</tr>" for g in gates),
-        "</table>",
+        "</p>",
+        html_table(["gate", "outcome", "value", "threshold", "items", "reason"], [
+            (_e(g.gate),
+             Cell("FAIL" if g.outcome == "fail" else g.outcome, _OUTCOME_CLASS[g.outcome]),
+             f"{g.value:+.3f}", f"{g.threshold:+.3f}", g.n, _e(g.reason)) for g in gates
+        ], numeric=(2, 3, 4)),
         f"<h2>Base vs adapter</h2><p class=muted>Means with {confidence:.0%} intervals "
         "(normal approximation); the change is adapter − base over the same items with a "
-        f"paired-bootstrap interval. Both subjects computed in {_e(dtypes)}.</p>"
-        "<table><tr><th>task</th><th>metric</th><th>n</th>"
-        "<th>base</th><th>adapter</th><th>change</th></tr>",
-        *(f"<tr><td>{_e(r.task)}</td><td>{_e(r.metric)}</td><td class=n>{r.n}</td>"
-          f"<td class=n>{_ci(r.base)}</td><td class=n>{_ci(r.adapter)}</td>"
-          f"<td class=n>{_ci(r.change, signed=True)}</td></tr>" for r in rows),
-        "</table>",
+        f"paired-bootstrap interval. Both subjects computed in {_e(dtypes)}.</p>",
+        html_table(["task", "metric", "n", "base", "adapter", "change"], [
+            (_e(r.task), _e(r.metric), r.n, _ci(r.base), _ci(r.adapter),
+             _ci(r.change, signed=True)) for r in rows
+        ], numeric=(2, 3, 4, 5)),
     ]  # fmt: skip
     primaries = {o.task.removeprefix("tunegate_"): o.primary for o in base_evals}
     charted = [r for r in rows if primaries.get(r.task) == r.metric and r.metric in SHARES]
@@ -223,6 +188,5 @@ def write_eval_report(
     out = reports_dir / run_id
     out.mkdir(parents=True, exist_ok=True)
     path = out / "eval.html"
-    head = f"<meta charset=utf-8><title>eval {_e(run_id)}</title><style>{_CSS}</style>"
-    path.write_text(f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>")
+    path.write_text(html_page(f"eval {run_id}", "".join(parts)))
     return path

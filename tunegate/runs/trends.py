@@ -6,24 +6,14 @@ table as Markdown becomes the Prefect artifact `nightly-trends`.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunegate.render import markdown_table
+from tunegate.render import escape, html_page, html_table, markdown_table
 from tunegate.runs.history import Night, changes
 
 HEADER = ["night (UTC)", "run", "status", "duration", "rows in", "accepted", "rejected by reason",
           "gates", "promoted adapter", "changed since the night before"]  # fmt: skip
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
-table{border-collapse:collapse;font-size:.9rem}
-th,td{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top;text-align:left}
-th{background:#f3f3f3} .promoted{color:#176b2c;font-weight:600}
-.refused,.failed{color:#a11;font-weight:600} .flag{background:#fff4cc}
-ul{margin:0;padding-left:1.1rem} .fail{color:#a11}
-"""
 
 
 def _duration(night: Night) -> str:
@@ -62,36 +52,33 @@ def _list(items: Sequence[str], css: str = "") -> str:
     if not items:
         return ""
     cls = f' class="{css}"' if css else ""
-    return "<ul>" + "".join(f"<li{cls}>{html.escape(i)}</li>" for i in items) + "</ul>"
+    return "<ul>" + "".join(f"<li{cls}>{escape(i)}</li>" for i in items) + "</ul>"
 
 
 def write_trends(reports_dir: Path, nights: Sequence[Night]) -> Path:
     """Write `reports/trends.html` and return its path."""
-    rows = []
+    rows, row_css = [], []
     for n, flags in night_rows(nights):
         gates = "".join(
-            f'<li class="{"" if g.passed else "fail"}">{html.escape(text)}</li>'
+            f'<li class="{"" if g.passed else "fail"}">{escape(text)}</li>'
             for g, text in zip(n.gates, _gates(n), strict=True)
         )
-        detail = f"<br><small>{html.escape((n.detail or '')[:400])}</small>" if n.detail else ""
-        cells = [
-            f"{n.started_at:%Y-%m-%d %H:%M}", html.escape(n.run_id),
-            f'<span class="{n.status}">{html.escape(n.status)}</span>{detail}', _duration(n),
+        detail = f"<br><small>{escape((n.detail or '')[:400])}</small>" if n.detail else ""
+        rows.append([
+            f"{n.started_at:%Y-%m-%d %H:%M}", escape(n.run_id),
+            f'<span class="{n.status}">{escape(n.status)}</span>{detail}', _duration(n),
             str(n.rows_in), str(n.accepted), _list(_reasons(n)),
-            f"<ul>{gates}</ul>" if gates else "", html.escape((n.promoted_adapter or "")[:16]),
+            f"<ul>{gates}</ul>" if gates else "", escape((n.promoted_adapter or "")[:16]),
             _list(flags),
-        ]  # fmt: skip
-        css = ' class="flag"' if flags else ""
-        rows.append(f"<tr{css}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>tunegate nights</title>"
-        f"<style>{_CSS}</style></head><body><h1>tunegate: {len(nights)} nights</h1>"
+        ])  # fmt: skip
+        row_css.append("flag" if flags else "")
+    page = html_page(
+        "tunegate nights",
+        f"<h1>tunegate: {len(nights)} nights</h1>"
         "<p>Newest first. Highlighted rows changed since the night before: a rejection "
         "reason's share jumped, a source appeared or went, accepted rows dropped, a gate "
         "moved toward its threshold, or the decision changed.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        "</body></html>"
+        + html_table(HEADER, rows, row_css=row_css),
     )
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / "trends.html"
