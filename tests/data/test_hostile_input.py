@@ -164,7 +164,8 @@ def test_untrusted_text_is_printed_as_text_not_rich_markup(tmp_path):
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from tunegate.cli import _table, app
+    from tunegate.cli import app
+    from tunegate.cli.output import rows_table
 
     rows = [{"messages": [{"role": "[/bold]", "content": "hi"}]},
             {"messages": [{"role": "[link=https://evil.test]x[/link]", "content": "hi"}]},
@@ -180,7 +181,7 @@ def test_untrusted_text_is_printed_as_text_not_rich_markup(tmp_path):
     assert res.exit_code == 0, res.output  # a `[/bold]` role used to crash the table
     assert "\x1b]8;" not in res.output  # no terminal hyperlink
     wide = Console(file=io.StringIO(), width=400, force_terminal=True)
-    wide.print(_table("verdicts", lineage.query("SELECT detail FROM row_verdicts")))
+    wide.print(rows_table("verdicts", lineage.query("SELECT detail FROM row_verdicts")))
     shown = wide.file.getvalue()
     assert "[/bold]" in shown and "[link=https://evil.test]x[/link]" in shown
     assert "\x1b]8;" not in shown

@@ -9,8 +9,7 @@ from html.parser import HTMLParser
 
 from typer.testing import CliRunner
 
-from tunegate import cli
-from tunegate.cli import app
+from tunegate.cli import app, shared
 from tunegate.data.verdicts import Verdict
 from tunegate.lineage import Lineage
 from tunegate.runs.history import GateOutcome, Night, changes, run_history
@@ -115,7 +114,7 @@ def test_trends_page_and_artifact_show_every_night(tmp_path):
 
 
 def test_tunegate_runs_lists_the_nights(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.console, "width", 400)  # a wide terminal: one line per run
+    monkeypatch.setattr(shared.console, "width", 400)  # a wide terminal: one line per run
     lineage = Lineage(tmp_path / "ws" / "lineage.duckdb")
     ids = three_nights(lineage)
     del lineage  # the CLI opens the file itself

@@ -31,7 +31,8 @@ from tunegate.curation.checks.contract import contract_failures
 from tunegate.curation.run import CurationError, CurationResult
 from tunegate.data.records import Record
 from tunegate.data.verdicts import Verdict
-from tunegate.lineage import Lineage, LineageError, ReviewItem
+from tunegate.lineage import Lineage, LineageError
+from tunegate.review.items import ReviewItem
 from tunegate.review.scores import ACCEPTED, REJECTED, REVIEW, score_synthetic
 
 STAGE = "synthetic"
