@@ -126,3 +126,24 @@ def trainable_token_indices(model: PreTrainedModel, rows: TokenRows) -> dict[str
     names = {id(module): name for name, module in model.named_modules()}
     layers = [model.get_input_embeddings(), model.get_output_embeddings()]
     return {names[id(m)].rsplit(".", 1)[-1]: list(rows.indices) for m in layers if m is not None}
+
+
+def expose_head_bias(model: torch.nn.Module) -> None:
+    """Let TRL's fused LM head read `bias` of an LM head wrapped for trained rows.
+
+    The fused head reads `lm_head.weight` and `lm_head.bias`; PEFT's `TrainableTokensWrapper`
+    passes `weight` through (with the trained rows written in) but not `bias`. Its own forward
+    drops a bias too (peft#3649), so only a head without one trains and serves alike; the
+    families tunegate knows have none, and a head with one is refused.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    head = model.get_output_embeddings()
+    if not isinstance(head, TrainableTokensWrapper) or "bias" in vars(head):
+        return
+    if head.original_module.bias is not None:
+        raise ValueError(
+            "the LM head has a bias, which PEFT's trainable token rows drop; "
+            "model.add_missing_tokens cannot train this model's new rows"
+        )
+    head.bias = None

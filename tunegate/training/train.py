@@ -52,6 +52,7 @@ from tunegate.training.checkpoints import (
 from tunegate.training.manifest import build_manifest, read_manifest, write_manifest
 from tunegate.training.token_rows import (
     TokenRows,
+    expose_head_bias,
     fit_embeddings,
     plan_token_rows,
     set_rows_to_mean,
@@ -528,6 +529,10 @@ def train_adapter(
             callbacks=[recorder, ProgressBar()],
         )
         trainer.remove_callback(ProgressCallback)  # ours shows tokens/s too
+        try:
+            expose_head_bias(trainer.model)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         _check_labels(trainer.train_dataset, len(train_set), label_tokens(train_set))
         match_trainable_dtype(trainer.model, dtype)
         resume = find_resume_point(work_dir, train.resume, procs)
