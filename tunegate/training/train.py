@@ -198,11 +198,13 @@ def nf4_config(dtype: torch.dtype) -> BitsAndBytesConfig:
     )
 
 
-def load_base(base: BaseModel, train: TrainConfig, device: str, rows: TokenRows) -> PreTrainedModel:
+def load_base(
+    base: BaseModel, train: TrainConfig, device: str, rows: TokenRows | None = None
+) -> PreTrainedModel:
     """Load the base for training: NF4 + double quantization as in QLoRA, or plain weights.
 
-    The embedding and LM head (never quantized) grow to `rows.vocab_size`, and the rows the
-    adapter trains start at the mean row (`token_rows.set_rows_to_mean`).
+    With `rows`, the embedding and LM head (never quantized) grow to `rows.vocab_size`, and
+    the rows the adapter trains start at the mean row (`token_rows.set_rows_to_mean`).
     """
     import gc
 
@@ -215,8 +217,9 @@ def load_base(base: BaseModel, train: TrainConfig, device: str, rows: TokenRows)
         kwargs["quantization_config"] = nf4_config(dtype)
     model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     model.config.use_cache = False  # the KV cache only costs memory while training
-    fit_embeddings(model, rows.vocab_size)
-    set_rows_to_mean(model, rows.indices)
+    if rows is not None:
+        fit_embeddings(model, rows.vocab_size)
+        set_rows_to_mean(model, rows.indices)
     if train.quantization == "nf4":
         # Freezes the base, upcasts the small unquantized parts to fp32 for stable training.
         # Checkpointing is left to the trainer (`activation_checkpointing`), one switch only.
