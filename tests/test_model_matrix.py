@@ -437,6 +437,15 @@ def test_added_token_rows_train_reload_and_merge(fam, tmp_path):
     assert AutoTokenizer.from_pretrained(merged.path).convert_tokens_to_ids(NEW_MARKERS) == new_ids
     with torch.no_grad():
         torch.testing.assert_close(standalone(input_ids=ids).logits, logits, atol=1e-4, rtol=1e-4)
+    if fam.arch == "llama":  # llama.cpp gets the new markers as control tokens
+        from gguf import GGUFReader
+
+        from tunegate.release.export import write_gguf
+
+        field = GGUFReader(write_gguf(merged.path, tmp_path / "m.gguf", "f32")).fields[
+            "tokenizer.ggml.tokens"
+        ]
+        assert [bytes(field.parts[field.data[i]]).decode() for i in new_ids] == NEW_MARKERS
 
 
 def test_an_untrained_end_of_turn_is_trained_when_asked(tmp_path):

@@ -5,7 +5,7 @@ The recipe reads top to bottom in `train_adapter`:
      assistant turns and their end-of-turn token only, and set a seeded validation split aside;
   2. load the base model (NF4 with double quantization for QLoRA, else plain weights), with a
      row for every token of the tokenizer (`token_rows`: markers added by the template);
-  3. train with TRL's `SFTTrainer` LoRA, plus the rows of added or untrained markers:
+  3. train LoRA (and the rows of added or untrained markers) with TRL's `SFTTrainer`:
      padding-free micro-batches, loss only where there are labels, eval loss every N steps, a
      checkpoint every N steps in the workspace, and a resume from the last complete one when
      the same job was killed before;
