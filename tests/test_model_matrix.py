@@ -469,3 +469,40 @@ def test_an_untrained_end_of_turn_is_trained_when_asked(tmp_path):
     rows = plan_token_rows(model_dir, tokenizer, end_of_turn(tokenizer), train_rows=True)
     assert rows.added == () and rows.untrained == ("<|eot_id|>",) and rows.indices == (eot,)
     assert rows.vocab_size == rows.base_vocab_size == len(tokenizer)
+
+
+@pytest.mark.slow
+def test_added_token_rows_resume_from_a_checkpoint(tmp_path):
+    """A run stopped after its first checkpoint resumes to the adapter an uninterrupted run
+    makes (fp32: the same weights), trained token rows included."""
+    from tunegate.data.records import Record
+    from tunegate.data.snapshot import write_snapshot
+    from tunegate.models import BaseModel, sha256_dir
+    from tunegate.training.train import train_adapter
+
+    model_dir = build_model(BY_NAME["llama3-base"])
+    base = BaseModel(str(model_dir), model_dir, sha256_dir(model_dir))
+    records = [Record(tuple((m["role"], m["content"]) for m in c), "human", "x", k)
+               for k, c in enumerate(CHATS * 2)]  # fmt: skip
+    snap = write_snapshot(records, tmp_path / "snapshots")
+
+    def config(root: Path):
+        return adding_config(
+            BY_NAME["llama3-base"], root,
+            train={"max_steps": 2, "batch_size": 2, "gradient_accumulation_steps": 1,
+                   "validation_fraction": 0.0, "checkpoint_steps": 1,
+                   "compute_dtype": "float32", "learning_rate": 0.01, "logging_steps": 1},
+            lora={"r": 4, "alpha": 8},
+        )  # fmt: skip
+
+    def stop_at_step_2(entry: dict[str, float]) -> None:
+        if entry.get("step") == 2 and "loss" in entry:  # logged before step 2's checkpoint
+            raise KeyboardInterrupt
+
+    reference = train_adapter(config(tmp_path / "ref"), base, snap.path, tmp_path / "reference")
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(config(tmp_path), base, snap.path, tmp_path / "a", on_log=stop_at_step_2)
+    resumed = train_adapter(config(tmp_path), base, snap.path, tmp_path / "a")
+    manifest = json.loads((resumed.adapter_dir / "manifest.json").read_text())
+    assert manifest["resumed_from_step"] == 1 and manifest["tokens"]["added"] == NEW_MARKERS
+    assert resumed.adapter_id == reference.adapter_id
