@@ -39,6 +39,7 @@ class TokenRows:
     vocab_size: int  # rows after resizing: enough for every token of the tokenizer
 
     def summary(self) -> dict[str, Any]:
+        """The manifest's `tokens` entry: what a loader must add and which rows are trained."""
         return {"added": list(self.added), "untrained_in_base": list(self.untrained),
                 "trainable_token_indices": list(self.indices),
                 "base_vocab_size": self.base_vocab_size, "vocab_size": self.vocab_size}  # fmt: skip
