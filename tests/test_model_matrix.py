@@ -203,8 +203,9 @@ def test_an_untrained_end_of_turn_is_refused_before_training(tmp_path):
     snapshot = tmp_path / "snap.jsonl"
     snapshot.write_text(json.dumps({"messages": CHATS[0]}) + "\n")
     with pytest.raises(TrainError, match=r"'<\|eot_id\|>' \(id 128009, model.embed_tokens.weight\)"
-                       r" is untrained in the base model"):  # fmt: skip
+                       r" is untrained in the base model") as caught:  # fmt: skip
         train_adapter(cfg, base, snapshot, tmp_path / "adapter")
+    assert "model.add_missing_tokens: true" in str(caught.value)
 
 
 EVAL_FAMILIES = [BY_NAME[n] for n in ("llama3-base", "gemma3-base", "mistral-instruct")]
@@ -286,7 +287,8 @@ def test_a_template_whose_markers_the_tokenizer_lacks_is_refused_by_name(tmp_pat
     model_dir = build_model(BY_NAME["llama3-base"])
     cfg = make_config(tmp_path, [{"path": "x"}], model={"chat_template": "chatml"})
     with pytest.raises(ChatFormatError, match=re.escape("lacks the template's <|im_start|>, "
-                                                        "<|im_end|>")):  # fmt: skip
+                                                        "<|im_end|>: set model.add_missing_tokens: "
+                                                        "true")):  # fmt: skip
         end_of_turn(load_tokenizer(model_dir, cfg))
 
 
@@ -328,3 +330,179 @@ def test_multi_turn_traps(name, system_role, expected, tmp_path):
     record = Record(row, "human", "t.jsonl", 1)
     reasons = [c.reason for c in template_checks(cfg, tokenizer) if c(record) is not None]
     assert reasons[:1] == ([expected] if expected else [])
+
+
+# -- markers the base lacks or never trained: added, their rows trained (model.add_missing_tokens)
+
+# Untied LM head (Llama 3) and tied (Gemma 3): ChatML's markers are new to both tokenizers.
+ADDING = [BY_NAME["llama3-base"], BY_NAME["gemma3-base"]]
+NEW_MARKERS = ["<|im_start|>", "<|im_end|>"]
+
+
+def adding_config(family: Family, tmp_path: Path, **overrides: object):
+    model = {"chat_template": "chatml", "add_missing_tokens": True}
+    return make_config(tmp_path, [{"path": str(REPO / "datasets" / "raw")}], model=model,
+                       contamination={"enabled": False}, **overrides)  # fmt: skip
+
+
+@pytest.mark.parametrize("fam", ADDING, ids=[f.name for f in ADDING])
+def test_added_markers_pass_the_gate_and_end_the_labels(fam, tmp_path):
+    from transformers import AutoTokenizer
+
+    model_dir = build_model(fam)
+    cfg = adding_config(fam, tmp_path)
+    tokenizer = load_tokenizer(model_dir, cfg)
+    n_base = len(AutoTokenizer.from_pretrained(model_dir))
+    assert tokenizer.convert_tokens_to_ids(NEW_MARKERS) == [n_base, n_base + 1]
+    end = end_of_turn(tokenizer)
+    assert end.text == "<|im_end|>" and end.ids == (n_base + 1,)
+    for messages in CHATS:
+        chat = tokenize_chat(tokenizer, messages, end)
+        spans = labelled_spans(chat.input_ids, chat.assistant_mask)
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        assert [s[-1] for s in spans] == [n_base + 1] * len(answers)
+        assert [tokenizer.decode(s[:-1]) for s in spans] == answers
+    checks = template_checks(cfg, tokenizer)
+    result = curate_records(cfg, checks=checks)
+    planted = {key for key, (kind, _) in planted_defects().items() if kind == "control_token"}
+    wrong = [(Path(v.source).name, v.source_row, v.reason, v.detail) for v in result.verdicts
+             if v.reason in TEMPLATE_REASONS
+             and (Path(v.source).name, v.source_row) not in planted]  # fmt: skip
+    assert not wrong
+    assert len(result.accepted) >= 400
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fam", ADDING, ids=[f.name for f in ADDING])
+def test_added_token_rows_train_reload_and_merge(fam, tmp_path):
+    """2 QLoRA steps train the new rows (only them); the adapter reloads on a base with rows
+    for the new tokens, whatever they hold, and the merged export matches it."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunegate.data.records import Record
+    from tunegate.data.snapshot import write_snapshot
+    from tunegate.models import BaseModel, sha256_dir
+    from tunegate.release.export import load_trained_base, merge_adapter
+    from tunegate.training.token_rows import fit_embeddings, set_rows_to_mean
+    from tunegate.training.train import train_adapter
+
+    model_dir = build_model(fam)
+    cfg = adding_config(
+        fam, tmp_path,
+        train={"max_steps": 2, "batch_size": 2, "gradient_accumulation_steps": 1,
+               "validation_fraction": 0.0, "checkpoint_steps": 0, "compute_dtype": "float32",
+               "learning_rate": 0.01, "logging_steps": 1},
+        lora={"r": 4, "alpha": 8},
+    )  # fmt: skip
+    records = [Record(tuple((m["role"], m["content"]) for m in c), "human", "x", k)
+               for k, c in enumerate(CHATS * 2)]  # fmt: skip
+    snap = write_snapshot(records, tmp_path / "snapshots")
+    base = BaseModel(str(model_dir), model_dir, sha256_dir(model_dir))
+    result = train_adapter(cfg, base, snap.path, tmp_path / "adapter")
+
+    tokenizer = AutoTokenizer.from_pretrained(result.adapter_dir)  # saved with the new markers
+    new_ids = tokenizer.convert_tokens_to_ids(NEW_MARKERS)
+    n_base = len(AutoTokenizer.from_pretrained(model_dir))
+    tokens = json.loads((result.adapter_dir / "manifest.json").read_text())["tokens"]
+    assert tokens == {"added": NEW_MARKERS, "untrained_in_base": [],
+                      "trainable_token_indices": new_ids, "base_vocab_size": n_base,
+                      "vocab_size": n_base + 2}  # fmt: skip
+
+    def with_adapter(init_new_rows) -> PeftModel:
+        model = load_trained_base(model_dir, "nf4")
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        init_new_rows(model)
+        return PeftModel.from_pretrained(model, result.adapter_dir).eval()
+
+    ids = torch.tensor([render_ids(tokenizer, CHATS[0])])
+    assert set(new_ids) <= set(ids[0].tolist())
+    reloaded = with_adapter(lambda m: set_rows_to_mean(m, new_ids))
+    other_init = with_adapter(lambda m: None)  # random new rows: the adapter replaces them
+    with torch.no_grad():
+        logits = reloaded(input_ids=ids).logits
+        torch.testing.assert_close(other_init(input_ids=ids).logits, logits)
+
+    # the new rows moved from their mean start; every other row is the base's
+    start = load_trained_base(model_dir, "nf4")
+    fit_embeddings(start, len(tokenizer))
+    merged = merge_adapter(result.adapter_dir, model_dir, tmp_path / "merged")
+    standalone = AutoModelForCausalLM.from_pretrained(merged.path).eval()
+    assert standalone.config.vocab_size == n_base + 2
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        trained, before = (getattr(m, get)().weight.detach() for m in (standalone, start))
+        assert not torch.allclose(trained[new_ids], before[new_ids]), get
+        torch.testing.assert_close(trained[:n_base], before[:n_base], atol=0, rtol=0)
+    assert AutoTokenizer.from_pretrained(merged.path).convert_tokens_to_ids(NEW_MARKERS) == new_ids
+    with torch.no_grad():
+        torch.testing.assert_close(standalone(input_ids=ids).logits, logits, atol=1e-4, rtol=1e-4)
+    if fam.arch == "llama":  # llama.cpp gets the new markers as control tokens
+        from gguf import GGUFReader
+
+        from tunegate.release.export import write_gguf
+
+        field = GGUFReader(write_gguf(merged.path, tmp_path / "m.gguf", "f32")).fields[
+            "tokenizer.ggml.tokens"
+        ]
+        assert [bytes(field.parts[field.data[i]]).decode() for i in new_ids] == NEW_MARKERS
+
+
+def test_an_untrained_end_of_turn_is_trained_when_asked(tmp_path):
+    """Llama 3 base's zero `<|eot_id|>` row: with model.add_missing_tokens, trained, not refused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunegate.training.token_rows import plan_token_rows
+
+    fam = BY_NAME["llama3-base"]
+    model_dir = tmp_path / "llama3-base-untrained"
+    shutil.copytree(build_model(fam), model_dir)
+    cfg = make_config(tmp_path, [{"path": "x"}],
+                      model={"chat_template": "llama3", "add_missing_tokens": True})  # fmt: skip
+    tokenizer = load_tokenizer(model_dir, cfg)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    weights = load_file(model_dir / "model.safetensors")
+    weights["lm_head.weight"][eot] = 0.0
+    save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+    rows = plan_token_rows(model_dir, tokenizer, end_of_turn(tokenizer), train_rows=True)
+    assert rows.added == () and rows.untrained == ("<|eot_id|>",) and rows.indices == (eot,)
+    assert rows.vocab_size == rows.base_vocab_size == len(tokenizer)
+
+
+@pytest.mark.slow
+def test_added_token_rows_resume_from_a_checkpoint(tmp_path):
+    """A run stopped after its first checkpoint resumes to the adapter an uninterrupted run
+    makes (fp32: the same weights), trained token rows included."""
+    from tunegate.data.records import Record
+    from tunegate.data.snapshot import write_snapshot
+    from tunegate.models import BaseModel, sha256_dir
+    from tunegate.training.train import train_adapter
+
+    model_dir = build_model(BY_NAME["llama3-base"])
+    base = BaseModel(str(model_dir), model_dir, sha256_dir(model_dir))
+    records = [Record(tuple((m["role"], m["content"]) for m in c), "human", "x", k)
+               for k, c in enumerate(CHATS * 2)]  # fmt: skip
+    snap = write_snapshot(records, tmp_path / "snapshots")
+
+    def config(root: Path):
+        return adding_config(
+            BY_NAME["llama3-base"], root,
+            train={"max_steps": 2, "batch_size": 2, "gradient_accumulation_steps": 1,
+                   "validation_fraction": 0.0, "checkpoint_steps": 1,
+                   "compute_dtype": "float32", "learning_rate": 0.01, "logging_steps": 1},
+            lora={"r": 4, "alpha": 8},
+        )  # fmt: skip
+
+    def stop_at_step_2(entry: dict[str, float]) -> None:
+        if entry.get("step") == 2 and "loss" in entry:  # logged before step 2's checkpoint
+            raise KeyboardInterrupt
+
+    reference = train_adapter(config(tmp_path / "ref"), base, snap.path, tmp_path / "reference")
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(config(tmp_path), base, snap.path, tmp_path / "a", on_log=stop_at_step_2)
+    resumed = train_adapter(config(tmp_path), base, snap.path, tmp_path / "a")
+    manifest = json.loads((resumed.adapter_dir / "manifest.json").read_text())
+    assert manifest["resumed_from_step"] == 1 and manifest["tokens"]["added"] == NEW_MARKERS
+    assert resumed.adapter_id == reference.adapter_id

@@ -13,11 +13,15 @@ Model families differ in three ways that silently break fine-tuning (README, "Yo
   tokenizer's when the template writes none); the double BOS an inference server would build
   from the rendered text is a finding about the model (`chat_findings`), not about any row.
 - **the template**: base models ship none, Gemma's refuses a system turn. `load_tokenizer` sets
-  `model.chat_template` (a shipped name or a `.jinja` file) and `model.system_role`.
+  `model.chat_template` (a shipped name or a `.jinja` file) and `model.system_role`, and with
+  `model.add_missing_tokens` adds the template's turn markers the tokenizer lacks as special
+  tokens (their rows are trained with the adapter: `tunegate.training.token_rows`).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +57,10 @@ FOLD_SYSTEM = (
     "{%- endif -%}\n"
 )
 PROBE_ANSWER = "Probe answer 7"
+# What a turn marker looks like in a template: `<|im_end|>`, `<end_of_turn>`, `[INST]`.
+MARKER = re.compile(r"<\|[A-Za-z_]+\|>|<[a-z_]+>|\[/?[A-Z_]+\]")
+
+log = logging.getLogger(__name__)
 
 
 class ChatError(RuntimeError):
@@ -115,7 +123,28 @@ def load_tokenizer(
         )
     if model is not None and model.system_role == "fold_into_first_user":
         tokenizer.chat_template = FOLD_SYSTEM + tokenizer.chat_template
+    if model is not None and model.add_missing_tokens:
+        add_missing_markers(tokenizer)
     return tokenizer
+
+
+def add_missing_markers(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Add the template's markers the tokenizer lacks as special tokens (atomic, never split).
+
+    Done here, where every stage gets its tokenizer, so the gate, training, the evals and the
+    adapter's saved tokenizer all give the new markers the same ids (appended after the vocab).
+    """
+    missing = missing_markers(tokenizer)
+    if missing:
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": missing}, replace_extra_special_tokens=False
+        )
+        log.info(
+            "%s: added the template's %s as special tokens (model.add_missing_tokens); their "
+            "embedding and LM-head rows train with the adapter", model_name(tokenizer),
+            ", ".join(missing),
+        )  # fmt: skip
+    return missing
 
 
 def model_name(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -232,27 +261,34 @@ def end_of_turn(tokenizer: PreTrainedTokenizerBase, override: str | None = None)
         stop += 1
     if stop == start:
         missing = missing_markers(tokenizer)
-        lacks = f" The tokenizer lacks the template's {', '.join(missing)}." if missing else ""
+        lacks = (
+            f" The tokenizer lacks the template's {', '.join(missing)}: set "
+            "model.add_missing_tokens: true to add them as special tokens and train their rows "
+            "with the adapter, or"
+            if missing
+            else ""
+        )
         raise ChatFormatError(
             f"{name}: the chat template writes {after!r} after an assistant message: no special "
             f"token of this tokenizer ends the turn, so the model could not learn to stop.{lacks} "
-            "Use a template whose turn markers the tokenizer has (model.chat_template), or name "
-            "the end-of-turn token (model.end_of_turn); adding tokens to a base model is not "
-            "supported yet"
+            "use a template whose turn markers the tokenizer has (model.chat_template), or name "
+            "the end-of-turn token (model.end_of_turn)"
         )
     ids = tuple(tail[start:stop])
     return EndOfTurn(ids, tokenizer.decode(list(ids)), "template")
 
 
-def missing_markers(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """Marker-like strings of the template (`<|im_end|>`, `<end_of_turn>`, `[INST]`) that the
-    tokenizer does not have as one token (ChatML given to a Llama 3 base model)."""
-    import re
-
+def template_markers(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Marker-like strings of the template (`<|im_end|>`, `<end_of_turn>`, `[INST]`), in order."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    found = dict.fromkeys(re.findall(r"<\|[A-Za-z_]+\|>|<[a-z_]+>|\[/?[A-Z_]+\]", template))
+    return list(dict.fromkeys(MARKER.findall(template)))
+
+
+def missing_markers(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The template's markers the tokenizer does not have as one token (ChatML given to a
+    Llama 3 base model)."""
     vocab = tokenizer.get_vocab()
-    return [m for m in found if m not in vocab]
+    return [m for m in template_markers(tokenizer) if m not in vocab]
 
 
 def _find_last(seq: Sequence[int], sub: Sequence[int]) -> int | None:
@@ -347,10 +383,10 @@ def check_trained_tokens(model_dir: Path, tokenizer: PreTrainedTokenizerBase,
                          for i, name in rows.items())  # fmt: skip
         raise ChatFormatError(
             f"{model_dir}: the end-of-turn token {what} is untrained in the base model (its "
-            "row is zero): LoRA cannot teach the model to produce it, so the adapter would "
-            "never stop. Train from the instruct model, or pick a template whose end of turn "
-            "the base model knows (model.chat_template); training new token rows is not "
-            "supported yet"
+            "row is zero): LoRA on the linear layers cannot teach the model to produce it, so "
+            "the adapter would never stop. Set model.add_missing_tokens: true to train its "
+            "embedding and LM-head rows with the adapter, train from the instruct model, or "
+            "pick a template whose end of turn the base model knows (model.chat_template)"
         )
 
 

@@ -325,6 +325,13 @@ class ModelConfig(Section):
         "message (for templates that refuse a system role, e.g. Gemma's); or reject such rows "
         "(`template`).",
     )
+    add_missing_tokens: bool = Field(
+        False,
+        description="Add the chat template's turn markers the tokenizer lacks (ChatML's "
+        "<|im_start|>/<|im_end|> given to a Llama 3 base) as special tokens, and train their "
+        "embedding and LM-head rows with the adapter, as well as the rows of template markers the "
+        "base never trained (Llama 3 base's <|eot_id|>). Off: such a template is refused.",
+    )
 
     @field_validator("chat_template")
     @classmethod

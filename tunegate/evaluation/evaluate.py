@@ -33,6 +33,7 @@ from tunegate.config import PipelineConfig
 from tunegate.hashing import sha256_file
 from tunegate.models import BaseModel
 from tunegate.precision import dtype_name, pick_device, resolve_dtype
+from tunegate.training.token_rows import fit_embeddings
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
     from peft import PeftModel
@@ -204,18 +205,21 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    model.to(device=pick_device(), dtype=getattr(torch, dtype))
     # The base tokenizer with the configured chat format for both subjects: same prompt
     # tokens, comparable scores, and the prompt the adapter was trained with.
     try:
         tokenizer = load_tokenizer(model_dir, config)
     except ChatError as exc:
         raise EvalError(str(exc)) from None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # Markers added by `model.add_missing_tokens`: the base reads them at the mean row, the
+    # adapter brings their trained rows.
+    fit_embeddings(model, len(tokenizer))
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.to(device=pick_device(), dtype=getattr(torch, dtype))
     return model, tokenizer
 
 

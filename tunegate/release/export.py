@@ -4,7 +4,8 @@ The adapter learned against the base *as trained*: NF4 weights for QLoRA. The me
 loads the base exactly as training did, de-quantizes it (transformers' `dequantize()`), and adds
 the LoRA deltas in fp32 (`merge_and_unload`). The merged model computes what base + adapter
 computed in training; it differs from the full-precision base by the NF4 rounding the adapter
-was trained with.
+was trained with. Special tokens the adapter added (its manifest's `tokens`) get rows first
+(`fit_embeddings`); the merge writes their trained rows in.
 
 Two formats:
 - `merge_adapter`: a safetensors model directory with its tokenizer and the adapter's generation
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunegate.models import sha256_dir
 from tunegate.training.manifest import read_manifest
+from tunegate.training.token_rows import fit_embeddings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,10 +82,12 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> MergedMod
             f"{base_dir} holds weights {base_sha[:12]}, the adapter was trained on "
             f"{manifest['base_model']['sha256'][:12]}"
         )
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     base = load_trained_base(base_dir, manifest["quantization"])
+    fit_embeddings(base, len(tokenizer))
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     if (adapter_dir / "generation_config.json").is_file():  # stops at the trained end of turn
         GenerationConfig.from_pretrained(adapter_dir).save_pretrained(out_dir)
     sha = sha256_dir(out_dir)

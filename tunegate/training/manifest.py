@@ -18,7 +18,8 @@ LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate
 MANIFEST_KEYS = frozenset(
     {"adapter_id", "base_model", "snapshot_sha256", "config_hash", "seed", "steps", "device",
      "world_size", "quantization", "compute_dtype", "train", "lora", "validation_rows",
-     "resumed_from_step", "metrics", "log_history", "versions", "created_at", "chat"}
+     "resumed_from_step", "metrics", "log_history", "versions", "created_at", "chat",
+     "tokens"}
 )  # fmt: skip
 
 

@@ -3,10 +3,12 @@
 The recipe reads top to bottom in `train_adapter`:
   1. tokenize the snapshot with the configured chat template (`tunegate.chat`), labels on
      assistant turns and their end-of-turn token only, and set a seeded validation split aside;
-  2. load the base model (NF4 with double quantization for QLoRA, else plain weights);
-  3. train with TRL's `SFTTrainer`: padding-free micro-batches, loss only where there are
-     labels, eval loss every N steps, a checkpoint every N steps in the workspace, and a
-     resume from the last complete one when the same job was killed before;
+  2. load the base model (NF4 with double quantization for QLoRA, else plain weights), with a
+     row for every token of the tokenizer (`token_rows`: markers added by the template);
+  3. train LoRA (and the rows of added or untrained markers) with TRL's `SFTTrainer`:
+     padding-free micro-batches, loss only where there are labels, eval loss every N steps, a
+     checkpoint every N steps in the workspace, and a resume from the last complete one when
+     the same job was killed before;
   4. save the adapter and tokenizer, hash the adapter weights, write `manifest.json`.
 
 It runs as one process or as several under `accelerate launch` (DDP); every process trains,
@@ -32,7 +34,6 @@ from tunegate.chat import (
     ChatError,
     EndOfTurn,
     chat_summary,
-    check_trained_tokens,
     end_of_turn,
     load_tokenizer,
     tokenize_chat,
@@ -50,6 +51,14 @@ from tunegate.training.checkpoints import (
     remove_incomplete,
 )
 from tunegate.training.manifest import build_manifest, read_manifest, write_manifest
+from tunegate.training.token_rows import (
+    TokenRows,
+    expose_head_bias,
+    fit_embeddings,
+    plan_token_rows,
+    set_rows_to_mean,
+    trainable_token_indices,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -190,8 +199,14 @@ def nf4_config(dtype: torch.dtype) -> BitsAndBytesConfig:
     )
 
 
-def load_base(base: BaseModel, train: TrainConfig, device: str) -> PreTrainedModel:
-    """Load the base for training: NF4 + double quantization as in QLoRA, or plain weights."""
+def load_base(
+    base: BaseModel, train: TrainConfig, device: str, rows: TokenRows | None = None
+) -> PreTrainedModel:
+    """Load the base for training: NF4 + double quantization as in QLoRA, or plain weights.
+
+    With `rows`, the embedding and LM head (never quantized) grow to `rows.vocab_size`, and
+    the rows the adapter trains start at the mean row (`token_rows.set_rows_to_mean`).
+    """
     import gc
 
     from peft import prepare_model_for_kbit_training
@@ -203,6 +218,9 @@ def load_base(base: BaseModel, train: TrainConfig, device: str) -> PreTrainedMod
         kwargs["quantization_config"] = nf4_config(dtype)
     model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     model.config.use_cache = False  # the KV cache only costs memory while training
+    if rows is not None:
+        fit_embeddings(model, rows.vocab_size)
+        set_rows_to_mean(model, rows.indices)
     if train.quantization == "nf4":
         # Freezes the base, upcasts the small unquantized parts to fp32 for stable training.
         # Checkpointing is left to the trainer (`activation_checkpointing`), one switch only.
@@ -215,8 +233,11 @@ def load_base(base: BaseModel, train: TrainConfig, device: str) -> PreTrainedMod
 # 3. Train ---------------------------------------------------------------------------------------
 
 
-def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
-    """The adapter shape from the config (`all-linear`: every linear layer but the LM head)."""
+def peft_lora_config(
+    lora: LoraConfig, token_indices: dict[str, list[int]] | None = None
+) -> PeftLoraConfig:
+    """The adapter shape from the config (`all-linear`: every linear layer but the LM head),
+    plus the embedding and LM-head rows of `token_indices` (`token_rows`)."""
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -226,6 +247,7 @@ def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
         target_modules=lora.target_modules,
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
+        trainable_token_indices=token_indices,
         task_type="CAUSAL_LM",
     )
 
@@ -427,7 +449,9 @@ def save_adapter(
     """Weights, tokenizer, generation config and manifest, written aside and renamed into
     place in one step."""
     partial = fresh_partial(output_dir)
-    model.save_pretrained(partial)
+    # The trained token rows are in the adapter; PEFT would otherwise save the whole embedding
+    # and LM head of a resized model (gigabytes for a real one).
+    model.save_pretrained(partial, save_embedding_layers=False)
     tokenizer.save_pretrained(partial)
     write_generation_config(base_dir, partial, manifest["chat"]["stop_token_ids"],
                             tokenizer.pad_token_id)  # fmt: skip
@@ -483,7 +507,7 @@ def train_adapter(
     try:
         tokenizer = load_tokenizer(base.path, config)
         end = end_of_turn(tokenizer, config.model.end_of_turn)
-        check_trained_tokens(base.path, tokenizer, end)
+        rows = plan_token_rows(base.path, tokenizer, end, config.model.add_missing_tokens)
     except ChatError as exc:
         raise TrainError(str(exc)) from None
     conversations = read_snapshot(snapshot_path)
@@ -492,7 +516,7 @@ def train_adapter(
 
     # 2. load; the seed is set first so LoRA's random init is reproducible
     set_seed(train.seed)
-    model = load_base(base, train, device)
+    model = load_base(base, train, device, rows)
 
     # 3. train; the checkpoint dir is the job's, so a killed run's successor finds it
     snapshot_sha = sha256_file(snapshot_path)
@@ -505,10 +529,14 @@ def train_adapter(
             train_dataset=train_set,
             eval_dataset=val_set,
             processing_class=tokenizer,
-            peft_config=peft_lora_config(config.lora),
+            peft_config=peft_lora_config(config.lora, trainable_token_indices(model, rows)),
             callbacks=[recorder, ProgressBar()],
         )
         trainer.remove_callback(ProgressCallback)  # ours shows tokens/s too
+        try:
+            expose_head_bias(trainer.model)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         _check_labels(trainer.train_dataset, len(train_set), label_tokens(train_set))
         match_trainable_dtype(trainer.model, dtype)
         resume = find_resume_point(work_dir, train.resume, procs)
@@ -548,6 +576,7 @@ def train_adapter(
                 "metrics": metrics,
                 "log_history": curve,
                 "chat": chat_summary(tokenizer, end),
+                "tokens": rows.summary(),
             }
             save_adapter(trainer.model, tokenizer, output_dir, manifest, extra, base.path)
             if train.checkpoint_steps:
