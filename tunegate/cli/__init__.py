@@ -216,10 +216,9 @@ def curate(config: ConfigArg) -> None:
             tokenizer = load_tokenizer(base.path, cfg)
             result = curate_rows(cfg, lineage, run_id, tokenizer=tokenizer)
             triage = review_synthetic(cfg, lineage, run_id, result, base.path)
-            result = triage.result
             fault_point("curated")
             # the rows accepted now, as `tunegate train` takes them (`--snapshot`, default latest)
-            snap = snapshot_records(cfg, lineage, run_id, result.accepted)
+            snap = snapshot_records(cfg, lineage, run_id, triage.accepted)
     except (CurationError, ChatError, OSError) as exc:  # OSError: a full disk (run `failed`)
         err.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)  # paths whole
         raise typer.Exit(1) from None
