@@ -6,7 +6,7 @@ Expectations, `schemas/`) → quality report. Rows stream through in batches
 (`tunegate.curation.funnel`): verdicts go to the lineage database batch by batch and
 accepted records to a spool file the snapshot reads, so memory stays bounded whatever the
 input size. Conservation is checked before anything is returned: input rows = accepted +
-rejected, or the run fails loudly.
+rejected, or the run fails loudly (`check_counts`, which the review's close ends with too).
 """
 
 from __future__ import annotations
@@ -268,8 +268,8 @@ def check_counts(
 ) -> None:
     """Conservation and the minimum, as the lineage holds the run now: one verdict per input
     row, the rows kept for training are exactly the `accepted` ones, and there are at least
-    `data.min_accepted_rows` of them. Every path that hands rows on (curation, the review's
-    triage and its close) ends here, so a broken count never reaches training."""
+    `data.min_accepted_rows` of them. Curation (`tunegate curate`, the flow's `curate_data`)
+    and the review's close end here, so a broken count never reaches training."""
     counts = lineage.verdict_counts(run_id)
     recorded, accepted = sum(counts.values()), counts.get("accepted", 0)
     if recorded != n_input or accepted != n_kept:
