@@ -165,8 +165,9 @@ def _rss_mb() -> float:
 def run_tunegate(directory: str) -> dict[str, object]:
     """The curation funnel with lineage writes, timed per stage."""
     from tunegate.config import parse_config
+    from tunegate.curation.checks import batch_checks
     from tunegate.curation.funnel import AcceptedRecords, Funnel, frozen_heap
-    from tunegate.curation.run import RunWriter, _rows, build_stages
+    from tunegate.curation.run import RunWriter, _rows
     from tunegate.lineage import Lineage
 
     d = Path(directory)
@@ -177,7 +178,7 @@ def run_tunegate(directory: str) -> dict[str, object]:
         "contamination": {"eval_files": [str(REPO / "evals/data")]},
     }, root=d)  # fmt: skip
     t0 = time.perf_counter()
-    stages = build_stages(config, d)
+    stages = batch_checks(config, d)
     setup = time.perf_counter() - t0
     funnel = Funnel(stages)
     lineage = Lineage(d / "bench.duckdb")

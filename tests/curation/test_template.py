@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tunegate.chat import ChatFormatError, load_tokenizer
 from tunegate.cli import app
+from tunegate.curation.checks import row_checks
 from tunegate.curation.checks.template import (
     TEMPLATE_REASONS,
     TemplateGateError,
@@ -23,7 +24,7 @@ from tunegate.curation.checks.template import (
     template_checks,
     template_probe,
 )
-from tunegate.curation.run import CurationError, build_checks, curate
+from tunegate.curation.run import CurationError, curate
 from tunegate.data.records import Record
 from tunegate.lineage import Lineage
 
@@ -217,7 +218,7 @@ def rows(n_good: int, n_bad: int) -> list[dict]:
 def test_curation_runs_the_template_gate_with_a_tokenizer(tokenizer, tmp_path):
     write_jsonl(tmp_path / "x.jsonl", rows(18, 1))
     cfg = config(tmp_path)
-    assert len(build_checks(cfg)) == 0 < len(build_checks(cfg, tokenizer))
+    assert len(row_checks(cfg)) == 0 < len(row_checks(cfg, tokenizer))
     lineage = Lineage(tmp_path / "l.duckdb")
     run = lineage.start_run("curate", cfg.config_hash(), "{}")
     result = curate(cfg, lineage, run, tokenizer=tokenizer)

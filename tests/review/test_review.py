@@ -82,7 +82,7 @@ def test_triage_rejects_queues_and_conserves(queued):
         "reused_decisions": 0,
     }
     assert conserved(lineage, run) == {"accepted": 7, "review_pending": 3, "synthetic_rejected": 1}
-    assert len(triage.result.accepted) == 7
+    assert len(triage.accepted) == 7
     pending = lineage.review_items(run)
     assert [(p["source_row"], p["flags"]) for p in pending] == [
         (2, ["boilerplate"]), (3, ["boilerplate"]), (5, ["boilerplate"])]  # fmt: skip

@@ -104,11 +104,10 @@ class _RowCheckRun:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """One batch judged: a verdict per input row (input order), accepted and parsed records."""
+    """One batch judged: a verdict per input row (input order) and the accepted records."""
 
     verdicts: list[Verdict]
     accepted: list[Record]
-    records: list[Record]  # every row that parsed, accepted or not
 
 
 @contextmanager
@@ -228,7 +227,7 @@ class Funnel:
         self._count(verdicts, batch, kept)
         stats.tokens_after.extend(tokens[i] for i in kept if tokens)
         stats.overhead["verdicts"] += time.thread_time() - c0
-        return BatchOutcome([v for v in verdicts if v is not None], accepted, records)
+        return BatchOutcome([v for v in verdicts if v is not None], accepted)
 
     def _run_row_checks(self, record: Record) -> _RowCheckRun:
         """Every row check in order until one fails; no stats yet (the row may never get there)."""

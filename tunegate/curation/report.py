@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from tunegate.curation.checks import reason_codes
 from tunegate.curation.expectations import SuiteResult
 from tunegate.curation.funnel import FunnelStats
-from tunegate.data.verdicts import REASON_CODES
 from tunegate.lineage import Lineage
 from tunegate.render import clip, html_page, html_table, markdown_table, png_img
 from tunegate.render import escape as _e
@@ -199,9 +199,10 @@ def write_quality_report(
     parts.append(html_table(STAGE_HEADER, stage_rows(stats), numeric=(2, 3, 4, 5)))
     parts.append(funnel_chart(stats))
     reasons = sorted(stats.counts.items(), key=lambda kv: -kv[1])
+    meanings = reason_codes()
     parts.append("<h2>Verdicts by reason</h2>")
     parts.append(html_table(["verdict", "rows", "share", "meaning"], [
-        (_e(k), n, f"{n / max(stats.n_input, 1):.1%}", _e(REASON_CODES.get(k, "trains")))
+        (_e(k), n, f"{n / max(stats.n_input, 1):.1%}", _e(meanings.get(k, "trains")))
         for k, n in reasons], numeric=(1, 2)))  # fmt: skip
 
     # 2. per source
@@ -265,7 +266,7 @@ def write_quality_report(
         if x["reason"] != current:
             current = x["reason"]
             parts.append(f"<h3>{_e(current)} <span class='muted'>— "
-                         f"{_e(REASON_CODES.get(current, ''))}</span></h3>")  # fmt: skip
+                         f"{_e(meanings.get(current, ''))}</span></h3>")  # fmt: skip
         extra = f" · eval item <code>{_e(x['eval_item'])}</code>" if x["eval_item"] else ""
         parts.append(f"<div class='card'><b>{_e(x['source'])}:{x['source_row']}</b>{extra}"
                      f"<div class='muted'>{_e(x['detail'])}</div>"

@@ -6,7 +6,7 @@ Expectations, `schemas/`) → quality report. Rows stream through in batches
 (`tunegate.curation.funnel`): verdicts go to the lineage database batch by batch and
 accepted records to a spool file the snapshot reads, so memory stays bounded whatever the
 input size. Conservation is checked before anything is returned: input rows = accepted +
-rejected, or the run fails loudly.
+rejected, or the run fails loudly (`check_counts`, which the review's close ends with too).
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from typing import Any
 
 from tunegate.chat import ChatError
 from tunegate.config import PipelineConfig
+from tunegate.curation.checks import batch_checks, row_checks
 from tunegate.curation.checks.base import BatchCheck, RowCheck
-from tunegate.curation.checks.contamination import Contamination, EvalIndex
-from tunegate.curation.checks.contract import REPO_ROOT, RecordContract
-from tunegate.curation.checks.dedup import DuplicateResponses, ExactDuplicates
+from tunegate.curation.checks.contamination import Contamination
+from tunegate.curation.checks.contract import shipped_path
 from tunegate.curation.checks.near_dup import NearDuplicates
 from tunegate.curation.checks.template import (
     TemplateGateError,
     content_tokens,
-    template_checks,
     template_gate,
     template_probe,
 )
@@ -48,7 +47,6 @@ from tunegate.faults import fault_point
 from tunegate.hashing import sha256_source
 from tunegate.lineage import Lineage
 
-STAGE = "curate"
 log = logging.getLogger(__name__)
 
 
@@ -87,48 +85,6 @@ class CurationResult:
             key = v.reason or v.status
             counts[key] = counts.get(key, 0) + 1
         return counts
-
-
-def build_checks(config: PipelineConfig, tokenizer: Any = None) -> list[RowCheck]:
-    """Row checks run after the batch stages; template checks need the base tokenizer."""
-    checks: list[RowCheck] = []
-    if tokenizer is not None and config.template.enabled:
-        checks.extend(template_checks(config, tokenizer))
-    return checks
-
-
-def shipped_path(config: PipelineConfig, path: str) -> Path:
-    """A path from the config; when nothing is there, the same path in the tunegate checkout
-    (so a config anywhere uses the shipped `schemas/` unless it brings its own)."""
-    p = config.resolve(path)
-    return p if p.exists() or Path(path).is_absolute() else REPO_ROOT / path
-
-
-def eval_index(config: PipelineConfig) -> EvalIndex:
-    """Every eval set to decontaminate against: the held-out set plus `eval_files`."""
-    c = config.contamination
-    names = list(dict.fromkeys([config.eval.heldout_path, *c.eval_files]))
-    return EvalIndex.from_files(
-        [config.resolve(p) for p in names], ngram=c.ngram, min_words=c.min_words,
-        shingle_size=c.shingle_size, near_threshold=c.near_threshold, fields=c.fields,
-        id_field=c.id_field, names=names,
-    )  # fmt: skip
-
-
-def build_stages(config: PipelineConfig, spool_dir: Path | None = None) -> list[BatchCheck]:
-    """Curation's batch stages in funnel order, cheap to costly."""
-    contract = RecordContract(shipped_path(config, config.contracts.record_schema))
-    stages: list[BatchCheck] = [contract]
-    if config.dedup.exact:
-        stages.append(ExactDuplicates())
-    if config.dedup.duplicate_response:  # before near-dup: one long answer, one cluster
-        stages.append(DuplicateResponses(config.dedup.response_min_words))
-    if config.contamination.enabled:
-        stages.append(Contamination(eval_index(config)))
-    if config.dedup.near:
-        d = config.dedup
-        stages.append(NearDuplicates(d.near_threshold, d.num_perm, d.shingle_size, spool_dir))
-    return stages
 
 
 def _close(stages: Sequence[object]) -> None:
@@ -217,8 +173,8 @@ def curate_records(
     stages: list[BatchCheck] | None = None,
 ) -> CurationResult:
     """Run every source through the funnel in memory; pure (no lineage writes), for tests."""
-    stages = build_stages(config) if stages is None else stages
-    funnel = Funnel(stages, build_checks(config) if checks is None else checks)
+    stages = batch_checks(config) if stages is None else stages
+    funnel = Funnel(stages, row_checks(config) if checks is None else checks)
     accepted: list[Record] = []
     verdicts: list[Verdict] = []
     result = CurationResult(accepted=accepted, verdicts=verdicts, stats=funnel.stats)
@@ -246,12 +202,12 @@ def curate(
     batch and accepted records spooled to `<workspace>/curation/<run id>/accepted.jsonl`.
     """
     try:  # a model whose chat format cannot train (no end of turn) fails here, once
-        checks = build_checks(config, tokenizer) if checks is None else checks
+        checks = row_checks(config, tokenizer) if checks is None else checks
     except ChatError as exc:
         raise CurationError(str(exc)) from None
     work = config.workspace_dir / "curation" / run_id
     work.mkdir(parents=True, exist_ok=True)
-    stages = build_stages(config, work)
+    stages = batch_checks(config, work)
     funnel = Funnel(stages, checks, count_tokens=content_tokens(tokenizer) if tokenizer else None)
     accepted_records = AcceptedRecords(work / "accepted.jsonl")
     result = CurationResult(accepted=accepted_records, verdicts=[], stats=funnel.stats)
@@ -269,12 +225,7 @@ def curate(
         accepted_records.close()
         _close(stages)
     stats = funnel.stats
-    accepted = stats.counts.get("accepted", 0)
     total = sum(int(f["rows"]) for f in result.files)  # type: ignore[call-overload]
-    recorded = sum(lineage.verdict_counts(run_id).values())
-    if not total == stats.n_input == recorded or len(accepted_records) != accepted:
-        raise CurationError(f"conservation broken: {total} rows in, {stats.n_input} judged, "
-                            f"{recorded} verdicts recorded, {accepted} accepted")  # fmt: skip
     for f in result.files:
         lineage.record_source(run_id, str(f["path"]), str(f["sha256"]), str(f["format"]),
                               str(f["origin"]), int(f["rows"]))  # type: ignore[call-overload]  # fmt: skip
@@ -301,13 +252,38 @@ def curate(
             f"batch expectations failed ({result.suite.path}):\n{failed}\n"
             f"see {result.suite.validation or result.suite.docs or result.report}"
         )
-    if accepted < config.data.min_accepted_rows:
-        raise CurationError(
-            f"only {accepted} of {total} rows accepted (data.min_accepted_rows = "
-            f"{config.data.min_accepted_rows}); see `tunegate verdicts --run {run_id}` and "
-            f"{result.report}"
-        )
+    check_counts(config, lineage, run_id, total, len(accepted_records),
+                 see=f"`tunegate verdicts --run {run_id}` and {result.report}")  # fmt: skip
     return result
+
+
+def check_counts(
+    config: PipelineConfig,
+    lineage: Lineage,
+    run_id: str,
+    n_input: int,
+    n_kept: int,
+    *,
+    after: str = "",
+    see: str = "",
+) -> None:
+    """Conservation and the minimum, as the lineage holds the run now: one verdict per input
+    row, the rows kept for training are exactly the `accepted` ones, and there are at least
+    `data.min_accepted_rows` of them. Curation (`tunegate curate`, the flow's `curate_data`)
+    and the review's close end here, so a broken count never reaches training."""
+    counts = lineage.verdict_counts(run_id)
+    recorded, accepted = sum(counts.values()), counts.get("accepted", 0)
+    if recorded != n_input or accepted != n_kept:
+        raise CurationError(
+            f"conservation broken{after} in run {run_id}: {n_input} rows in, "
+            f"{recorded} verdicts recorded, {accepted} accepted, {n_kept} kept"
+        )
+    if accepted < config.data.min_accepted_rows:
+        hint = f"; see {see}" if see else ""
+        raise CurationError(
+            f"only {accepted} of {n_input} rows accepted{after} "
+            f"(data.min_accepted_rows = {config.data.min_accepted_rows}){hint}"
+        )
 
 
 def model_findings(checks: Sequence[object]) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Verdicts: the fate of every input row, and the closed set of reason codes a rejection names.
+"""Verdicts: the fate of every input row, and the reason codes that no curation check declares.
 
 Curation, the review and the lineage all speak in these types; they live with the data, not
 with the database that stores them.
@@ -8,22 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REASON_CODES: dict[str, str] = {
+# Reason codes no curation check declares: ingest's, the review's and older runs'. Each check
+# declares its own code and meaning (`tunegate/curation/checks/`); `reason_codes()` there joins
+# both into the closed, documented set.
+OTHER_REASONS: dict[str, str] = {
     "schema": "row does not parse or breaks the record contract (file, line, field in detail)",
-    "exact_duplicate": "same conversation as an earlier row after normalisation",
-    "duplicate_response": "same answer (>= dedup.response_min_words words) as an earlier row "
-    "with a different prompt",
-    "near_duplicate": "MinHash Jaccard above the threshold with an earlier row",
-    "contamination": "overlaps an eval item (13-gram or near-duplicate)",
-    "template": "chat template fails, or content holds control tokens",
-    "too_long": "rendered row exceeds max_seq_length (never truncated)",
     "synthetic_rejected": "synthetic row failed the automatic review heuristics",
     "review_rejected": "a human reviewer rejected the row",
     "review_pending": "flagged for human review, not (yet) accepted by a reviewer: not trained on",
     "double_bos": "(older runs) more than one BOS; now a once-per-run model finding",
-    "template_parity": "generation prompt is not a token prefix of the training rendering",
-    "stop_untrained": "an assistant turn's end-of-turn/EOS token is not a trained label",
-    "loss_mask": "an assistant turn trains fewer than template.min_trained_tokens tokens",
 }
 
 

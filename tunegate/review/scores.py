@@ -22,15 +22,19 @@ the row to a human; a row with no such flag is accepted. Pure functions: no line
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tunegate.config import SyntheticConfig
+from tunegate.curation.checks.near_dup import MinHasher, band_keys, jaccard, lsh_params
 from tunegate.data.records import Record, normalize_text
 
 if TYPE_CHECKING:
@@ -142,40 +146,53 @@ def _record_text(record: Record) -> str:
     return "\n".join(c for _, c in record.messages)
 
 
+def shingle_hashes(s: set[str]) -> np.ndarray:
+    """A shingle set as sorted 64-bit hashes: the form near-dup's MinHash and Jaccard take."""
+    hashes = [int.from_bytes(hashlib.blake2b(x.encode(), digest_size=8).digest(), "little")
+              for x in s]  # fmt: skip
+    return np.unique(np.array(hashes, dtype=np.uint64))
+
+
 class HumanIndex:
-    """MinHash LSH over human rows; candidates are confirmed with exact Jaccard."""
+    """Human rows in a MinHash LSH; candidates are confirmed with exact Jaccard.
+
+    The MinHash, LSH bands and exact Jaccard are near-dup's (`tunegate.curation.checks.near_dup`);
+    only the shingles differ: word 3-grams of the whole conversation, as the flag documents.
+    """
 
     def __init__(self, human: Sequence[Record], threshold: float, num_perm: int = 128):
-        from datasketch import MinHash, MinHashLSH
-
-        self._minhash, self.num_perm = MinHash, num_perm
+        self.hasher = MinHasher(num_perm)
         # A lower LSH threshold than the flag's: LSH misses some pairs near its own threshold.
-        self.lsh = MinHashLSH(threshold=min(max(threshold - 0.2, 0.05), 0.95), num_perm=num_perm)
-        self.sets: dict[str, tuple[set[str], Record]] = {}
-        for k, record in enumerate(human):
-            s = shingles(_record_text(record))
-            if not s:
-                continue
-            key = str(k)
-            self.sets[key] = (s, record)
-            self.lsh.insert(key, self._hash(s))
+        self.params = lsh_params(min(max(threshold - 0.2, 0.05), 0.95), num_perm)
+        self.sets: list[tuple[np.ndarray, Record]] = []
+        for record in human:
+            hashes = shingle_hashes(shingles(_record_text(record)))
+            if len(hashes):
+                self.sets.append((hashes, record))
+        self.buckets: dict[int, list[int]] = defaultdict(list)  # band key -> rows in `sets`
+        keys = self._band_keys([h for h, _ in self.sets])
+        for k, row in enumerate(keys.tolist()):
+            for key in row:
+                self.buckets[key].append(k)
 
-    def _hash(self, s: set[str]) -> object:  # a datasketch MinHash
-        m = self._minhash(num_perm=self.num_perm)
-        m.update_batch([x.encode() for x in s])
-        return m
+    def _band_keys(self, sets: list[np.ndarray]) -> np.ndarray:
+        starts = np.concatenate(([0], np.cumsum([len(h) for h in sets]))).astype(np.int64)
+        values = np.concatenate(sets) if sets else np.zeros(0, dtype=np.uint64)
+        return band_keys(self.hasher.signatures(values, starts), self.params)
 
     def nearest(self, record: Record) -> tuple[float, Record | None]:
         """Highest Jaccard with a human row and that row (0, None when nothing is close)."""
-        s = shingles(_record_text(record))
-        if not s or not self.sets:
+        hashes = shingle_hashes(shingles(_record_text(record)))
+        if not len(hashes) or not self.sets:
             return 0.0, None
+        candidates = {k for key in self._band_keys([hashes])[0].tolist()
+                      for k in self.buckets.get(key, ())}  # fmt: skip
         best: tuple[float, Record | None] = (0.0, None)
-        for key in self.lsh.query(self._hash(s)):
-            other, human = self.sets[key]
-            jaccard = len(s & other) / len(s | other)
-            if jaccard > best[0]:
-                best = (jaccard, human)
+        for k in sorted(candidates):
+            other, human = self.sets[k]
+            sim = jaccard(hashes, other)
+            if sim > best[0]:
+                best = (sim, human)
         return best
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from tunegate.config import PipelineConfig
 from tunegate.curation.checks.contract import contract_failures
-from tunegate.curation.run import CurationError, CurationResult
+from tunegate.curation.run import CurationResult, check_counts
 from tunegate.data.records import Record
 from tunegate.data.verdicts import Verdict
 from tunegate.lineage import Lineage, LineageError
@@ -73,14 +73,14 @@ class ReviewedRecords(Sequence[Record]):
 
 @dataclass(frozen=True)
 class Triage:
-    """What the automatic review did to a curation result."""
+    """What the automatic review did to a curation result (left as curation returned it)."""
 
-    result: CurationResult  # accepted rows without the rejected and pending synthetic ones
+    curation: CurationResult
+    accepted: Sequence[Record]  # curation's accepted rows less the rejected and pending ones
     scored: int
     rejected: int
     queued: list[str]  # review item ids
     reused: int  # queued rows decided at once from an earlier human decision
-    held: frozenset[Key] = frozenset()  # rows queued for review (their verdicts say so)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -107,16 +107,15 @@ def review_synthetic(
         for r in curation.accepted:
             (synthetic if r.origin == "synthetic" else human).append(r)
     if not synthetic:
-        return Triage(curation, 0, 0, [], 0)
+        return Triage(curation, curation.accepted, 0, 0, [], 0)
     scored = score_synthetic(synthetic, human, config.synthetic, model_dir, tokenizer)
     del human
     lineage.record_synthetic_scores(run_id, [
         (s.record.source, s.record.source_row, s.record.record_id, s.outcome, s.flags, s.scores)
         for s in scored])  # fmt: skip
     rejected = [s for s in scored if s.outcome == REJECTED]
-    lineage.update_verdicts(run_id, [
-        Verdict(s.record.source, s.record.source_row, s.record.record_id, STAGE, "rejected",
-                "synthetic_rejected", f"{s.record.source}:{s.record.source_row}: {s.detail}")
+    _reject(lineage, run_id, STAGE, [
+        (s.record, "synthetic_rejected", f"{s.record.source}:{s.record.source_row}: {s.detail}")
         for s in rejected])  # fmt: skip
     review = [s for s in scored if s.outcome == REVIEW]
     items = [ReviewItem(s.record.source, s.record.source_row, s.record.record_id, s.flags,
@@ -125,9 +124,18 @@ def review_synthetic(
     reused = _reuse_decisions(lineage, queued, review) if config.review.reuse_decisions else 0
     drop = {(s.record.source, s.record.source_row) for s in scored if s.outcome != ACCEPTED}
     accepted = ReviewedRecords(curation.accepted, drop, {})
-    held = frozenset((s.record.source, s.record.source_row) for s in review)
-    return Triage(_with(curation, lineage, run_id, accepted), len(scored), len(rejected),
-                  queued, reused, held)  # fmt: skip
+    return Triage(curation, accepted, len(scored), len(rejected), queued, reused)
+
+
+def _reject(
+    lineage: Lineage, run_id: str, stage: str, rows: Sequence[tuple[Record, str, str]]
+) -> None:
+    """Rewrite recorded verdicts to `rejected` (record, reason, detail each): the one place the
+    review changes a verdict outside a queue transaction (`Lineage.enqueue_reviews` and
+    `decide_review` rewrite theirs atomically with the queue row)."""
+    lineage.update_verdicts(run_id, [
+        Verdict(r.source, r.source_row, r.record_id, stage, "rejected", reason, detail)
+        for r, reason, detail in rows])  # fmt: skip
 
 
 def _reuse_decisions(lineage: Lineage, item_ids: list[str], review: list[Any]) -> int:
@@ -218,6 +226,7 @@ def close_review(
     if pending:
         lineage.expire_reviews(run_id, f"not reviewed: {why}")
     replace_rows: dict[Key, Record] = {}
+    failed: list[tuple[Record, str, str]] = []
     for item in lineage.review_items(run_id, "accepted"):
         final = lineage.record(item["final_record_id"])
         record = Record(_messages(final["messages_json"]), final["origin"] or "synthetic",
@@ -228,25 +237,16 @@ def close_review(
             replace_rows[(record.source, record.source_row)] = record
         else:
             reason, detail = failure
-            lineage.update_verdicts(run_id, [Verdict(record.source, record.source_row,
-                record.record_id, "review", "rejected", reason,
-                f"edited by {item['reviewer']}, then: {detail}")])  # fmt: skip
-    base = triage.result.accepted
-    if isinstance(base, ReviewedRecords):
-        base = ReviewedRecords(base.base, base.drop, {**base.replace, **replace_rows})
-    result = _with(triage.result, lineage, run_id, base)
-    counts = lineage.verdict_counts(run_id)
-    n_accepted = counts.get("accepted", 0)
-    if n_accepted != len(result.accepted) or sum(counts.values()) != result.n_input:
-        raise CurationError(
-            f"conservation broken in review of run {run_id}: {result.n_input} rows in, "
-            f"{sum(counts.values())} verdicts, {n_accepted} accepted, {len(result.accepted)} kept"
-        )
-    if n_accepted < config.data.min_accepted_rows:
-        raise CurationError(
-            f"only {n_accepted} of {result.n_input} rows accepted after review "
-            f"(data.min_accepted_rows = {config.data.min_accepted_rows})"
-        )
+            failed.append((record, reason, f"edited by {item['reviewer']}, then: {detail}"))
+    _reject(lineage, run_id, "review", failed)
+    accepted = triage.accepted
+    if isinstance(accepted, ReviewedRecords):
+        accepted = ReviewedRecords(accepted.base, accepted.drop,
+                                   {**accepted.replace, **replace_rows})  # fmt: skip
+    result = replace(triage.curation, accepted=accepted)  # verdicts: read from the lineage
+    check_counts(
+        config, lineage, run_id, result.n_input, len(result.accepted), after=" after review"
+    )
     return result
 
 
@@ -260,14 +260,3 @@ def _first_failure(record: Record, checks: list[Any]) -> tuple[str, str] | None:
 
 def _messages(messages_json: str) -> tuple[tuple[str, str], ...]:
     return tuple((m["role"], m["content"]) for m in json.loads(messages_json))
-
-
-def _with(
-    curation: CurationResult, lineage: Lineage, run_id: str, accepted: Sequence[Record]
-) -> CurationResult:
-    """The result with the review's rows; verdicts as the lineage holds them now."""
-    verdicts = curation.verdicts
-    if isinstance(verdicts, list):  # an in-memory list (a recorded run reads the DB itself)
-        current = {(v.source, v.source_row): v for v in lineage.verdicts(run_id)}
-        verdicts = [current.get((v.source, v.source_row), v) for v in verdicts]
-    return replace(curation, accepted=accepted, verdicts=verdicts)

@@ -26,7 +26,7 @@ from tunegate.review.triage import Triage, review_synthetic
 class CuratedRun:
     """What `curate_to_snapshot` produced: the rows that train, the triage, the snapshot."""
 
-    result: CurationResult  # accepted rows without the rejected and pending synthetic ones
+    result: CurationResult  # as curation returned it; its counts read the lineage (triage included)
     triage: Triage
     snapshot: Snapshot
 
@@ -41,5 +41,5 @@ def curate_to_snapshot(config: PipelineConfig, lineage: Lineage, run_id: str) ->
                               base.path)  # fmt: skip
     fault_point("curated")
     # the rows accepted now, as `tunegate train` takes them (`--snapshot`, default latest)
-    snap = snapshot_records(config, lineage, run_id, triage.result.accepted)
-    return CuratedRun(triage.result, triage, snap)
+    snap = snapshot_records(config, lineage, run_id, triage.accepted)
+    return CuratedRun(triage.curation, triage, snap)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.config import PipelineConfig
+from tunegate.curation.checks import reason_codes
 from tunegate.curation.run import CurationResult
-from tunegate.data.verdicts import REASON_CODES
 from tunegate.evaluation.evaluate import TASK, EvalOutcome, general_tasks
 from tunegate.evaluation.stage import outcome
 from tunegate.release.gates import GateResult
@@ -22,9 +22,8 @@ from tunegate.render import markdown_table
 
 
 def funnel_markdown(n_input: int, reasons: dict[str, int]) -> str:
-    rows = [
-        (k, n, REASON_CODES.get(k, "")) for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])
-    ]
+    meanings = reason_codes()
+    rows = [(k, n, meanings.get(k, "")) for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
     return f"**{n_input} input rows**\n\n" + markdown_table(["verdict", "rows", "meaning"], rows)
 
 

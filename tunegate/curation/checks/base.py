@@ -8,19 +8,28 @@ Stateful checks (dedup, near-dup) remember only the rows that were accepted so f
 Curation's own checks (contract, dedup, contamination) are `BatchCheck`s: they see a
 batch of a few thousand rows at once, so pandera and numpy do the work instead of a
 Python loop per row. Row checks run after them, one row at a time.
+
+Every check class declares itself (`CheckKind`): its reason code and what the code means, its
+place in the funnel (`order`), the config switch that enables it and how to build it from the
+config. `tunegate.curation.checks.CHECKS` lists each class once; curation builds its funnel
+and the documented reason codes from that list, so a new check is one module plus one line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from tunegate.curation.shingles import WordBatch, hash_words, mix64
 from tunegate.data.records import Record
+
+if TYPE_CHECKING:
+    from tunegate.config import PipelineConfig
 
 
 class RowCheck(Protocol):
@@ -113,3 +122,49 @@ class BatchCheck(Protocol):
     stage: str
 
     def check_batch(self, batch: Batch, rows: Sequence[int]) -> dict[int, Finding]: ...
+
+
+@dataclass
+class CheckSetup:
+    """What a run gives its checks besides the config: a spool directory, the base tokenizer.
+
+    `shared` holds objects several checks of one run use together (the template checks'
+    probe: one rendering per row whatever the number of template checks).
+    """
+
+    spool_dir: Path | None = None
+    tokenizer: Any = None
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def share(self, key: str, build: Callable[[], Any]) -> Any:
+        """The object under `key`, built by `build` the first time it is asked for."""
+        if key not in self.shared:
+            self.shared[key] = build()
+        return self.shared[key]
+
+
+class CheckKind(Protocol):
+    """A check class as `CHECKS` lists it: everything curation needs to know to run it.
+
+    `order` places it in the funnel, cheap to costly (batch checks always run before row
+    checks, whatever their order); `reason` and `meaning` go to the documented reason codes
+    (`tunegate.curation.checks.reason_codes()`), `stage` names its row in the funnel report.
+    A check that renders rows with the base model (`needs_tokenizer`) is left out of a run
+    without one.
+    """
+
+    reason: ClassVar[str]
+    meaning: ClassVar[str]
+    stage: ClassVar[str]
+    order: ClassVar[int]
+    needs_tokenizer: ClassVar[bool]
+
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        """The config switch that turns the check on."""
+        ...
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> BatchCheck | RowCheck:
+        """The check with its settings from the config."""
+        ...

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from tunegate.curation.checks.base import Batch, Finding
+from tunegate.config import PipelineConfig
+from tunegate.curation.checks.base import Batch, CheckSetup, Finding
 from tunegate.curation.shingles import hash_words, ngram_hash, window_hashes, windows, windows_many
 
 log = logging.getLogger(__name__)
@@ -226,10 +227,21 @@ class Contamination:
     """Rejects rows that overlap an eval item (see the module docstring for the rules)."""
 
     reason = "contamination"
+    meaning = "overlaps an eval item (13-gram or near-duplicate)"
     stage = "contamination"
+    order = 40
+    needs_tokenizer = False
 
     def __init__(self, index: EvalIndex):
         self.index = index
+
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        return config.contamination.enabled
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> Contamination:
+        return cls(eval_index(config))
 
     def check_batch(self, batch: Batch, rows: Sequence[int]) -> dict[int, Finding]:
         idx = self.index
@@ -298,3 +310,14 @@ class Contamination:
                     eval_item=eval_id,
                 )  # fmt: skip
         return out
+
+
+def eval_index(config: PipelineConfig) -> EvalIndex:
+    """Every eval set to decontaminate against: the held-out set plus `eval_files`."""
+    c = config.contamination
+    names = list(dict.fromkeys([config.eval.heldout_path, *c.eval_files]))
+    return EvalIndex.from_files(
+        [config.resolve(p) for p in names], ngram=c.ngram, min_words=c.min_words,
+        shingle_size=c.shingle_size, near_threshold=c.near_threshold, fields=c.fields,
+        id_field=c.id_field, names=names,
+    )  # fmt: skip

@@ -20,11 +20,20 @@ import pandas as pd
 import pandera.extensions as extensions
 import pandera.pandas as pa
 
-from tunegate.curation.checks.base import Batch, Finding
+from tunegate.config import PipelineConfig
+from tunegate.curation.checks.base import Batch, CheckSetup, Finding
 from tunegate.data.records import Record
+from tunegate.data.verdicts import OTHER_REASONS
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONTRACT = REPO_ROOT / "schemas" / "record_contract.yaml"
+
+
+def shipped_path(config: PipelineConfig, path: str) -> Path:
+    """A path from the config; when nothing is there, the same path in the tunegate checkout
+    (so a config anywhere uses the shipped `schemas/` unless it brings its own)."""
+    p = config.resolve(path)
+    return p if p.exists() or Path(path).is_absolute() else REPO_ROOT / path
 
 
 # -- conversation-level checks the YAML can use (rows sorted by conversation, then turn) --------
@@ -102,7 +111,18 @@ class RecordContract:
     """Rejects records that break the contract (`schema`), listing every failure of each."""
 
     reason = "schema"
+    meaning = OTHER_REASONS["schema"]  # ingest rejects unparseable rows under the same code
     stage = "contract"
+    order = 10
+    needs_tokenizer = False
+
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        return True  # the contract is what every later check relies on
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> RecordContract:
+        return cls(shipped_path(config, config.contracts.record_schema))
 
     def __init__(self, path: Path | str = DEFAULT_CONTRACT):
         self.path = Path(path)

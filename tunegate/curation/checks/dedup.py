@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunegate.curation.checks.base import Batch, Finding
+from tunegate.config import PipelineConfig
+from tunegate.curation.checks.base import Batch, CheckSetup, Finding
 from tunegate.curation.shingles import HashIndex, key64
 from tunegate.data.records import Record, conversation_key
 
@@ -100,8 +101,19 @@ class ExactDuplicates(_KeyedDuplicates):
     """Rejects a conversation equal (NFKC, case, whitespace; roles included) to a kept one."""
 
     reason = "exact_duplicate"
+    meaning = "same conversation as an earlier row after normalisation"
     stage = "exact_dedup"
+    order = 20
+    needs_tokenizer = False
     cluster_prefix = "e-"
+
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        return config.dedup.exact
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> ExactDuplicates:
+        return cls()
 
     def keys(self, batch: Batch, rows: Sequence[int]) -> list[int | None]:
         return [key64(conversation_key(batch.records[i].messages)) for i in rows]
@@ -122,8 +134,21 @@ class DuplicateResponses(_KeyedDuplicates):
     """
 
     reason = "duplicate_response"
+    meaning = (
+        "same answer (>= dedup.response_min_words words) as an earlier row with a different prompt"
+    )
     stage = "response_dedup"
+    order = 30  # before near-dup: one long answer given to many prompts is one cluster
+    needs_tokenizer = False
     cluster_prefix = "r-"
+
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        return config.dedup.duplicate_response
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> DuplicateResponses:
+        return cls(config.dedup.response_min_words)
 
     def __init__(self, min_words: int = 8):
         super().__init__()

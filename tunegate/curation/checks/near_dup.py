@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunegate.curation.checks.base import Batch, Finding
+from tunegate.config import PipelineConfig
+from tunegate.curation.checks.base import Batch, CheckSetup, Finding
 from tunegate.curation.checks.dedup import KeptRows
 from tunegate.curation.shingles import HashIndex, key64, mix64, windows
 
@@ -140,7 +141,19 @@ class NearDuplicates:
     """Rejects a conversation whose shingle-set Jaccard with a kept one reaches `threshold`."""
 
     reason = "near_duplicate"
+    meaning = "MinHash Jaccard above the threshold with an earlier row"
     stage = "near_dedup"
+    order = 50
+    needs_tokenizer = False
+
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        return config.dedup.near
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> NearDuplicates:
+        d = config.dedup
+        return cls(d.near_threshold, d.num_perm, d.shingle_size, setup.spool_dir)
 
     def __init__(
         self,

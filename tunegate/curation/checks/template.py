@@ -40,6 +40,7 @@ from tunegate.chat import (
     tokenize_chat,
 )
 from tunegate.config import PipelineConfig, TemplateConfig
+from tunegate.curation.checks.base import CheckSetup
 from tunegate.data.records import Record
 from tunegate.data.verdicts import Verdict
 
@@ -197,22 +198,44 @@ class TemplateProbe:
 
 
 class _TemplateCheck:
-    """Base of the template checks: stateless, so `accept` has nothing to remember."""
+    """Base of the template checks: stateless, so `accept` has nothing to remember.
+
+    The checks of one run share one `TemplateProbe` (`CheckSetup.share`), so a row is
+    rendered and tokenized once whatever the number of template checks.
+    """
 
     reason = "template"
+    meaning = "chat template fails, or content holds control tokens"
     stage = "template"  # the funnel's row for this check (two checks share `template`)
+    needs_tokenizer = True
 
     def __init__(self, probe: TemplateProbe):
         self.probe = probe
 
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        return config.template.enabled
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> _TemplateCheck:
+        return cls(shared_probe(config, setup))
+
     def accept(self, record: Record) -> None:
         pass
+
+
+def shared_probe(config: PipelineConfig, setup: CheckSetup) -> TemplateProbe:
+    """The run's one probe; a template without an end of turn raises `ChatError` here."""
+    return setup.share(
+        "template_probe", lambda: TemplateProbe(setup.tokenizer, config.model.end_of_turn)
+    )
 
 
 class ControlTokens(_TemplateCheck):
     """Content holding `<|im_end|>` and the like would forge turn boundaries in training."""
 
     stage = "control_tokens"
+    order = 110
 
     def __init__(self, probe: TemplateProbe):
         super().__init__(probe)
@@ -231,6 +254,11 @@ class SystemTurn(_TemplateCheck):
     """`model.system_role: reject`: rows with a system turn are not for this model."""
 
     stage = "system_turn"
+    order = 120
+
+    @staticmethod
+    def enabled(config: PipelineConfig) -> bool:
+        return config.template.enabled and config.model.system_role == "reject"
 
     def __call__(self, record: Record) -> str | None:
         if any(role == "system" for role, _ in record.messages):
@@ -244,6 +272,7 @@ class TemplateRenders(_TemplateCheck):
     system turn) is a fact about template and data: one run-level error, not a verdict."""
 
     stage = "template_render"
+    order = 130
 
     def __call__(self, record: Record) -> str | None:
         analysis = self.probe.analyze(record)
@@ -267,12 +296,18 @@ class SequenceLength(_TemplateCheck):
     """Rows longer than max_seq_length are rejected, never truncated (a cut row loses its stop)."""
 
     stage = "too_long"
+    order = 140
 
     reason = "too_long"
+    meaning = "rendered row exceeds max_seq_length (never truncated)"
 
     def __init__(self, probe: TemplateProbe, max_length: int):
         super().__init__(probe)
         self.max_length = max_length
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> SequenceLength:
+        return cls(shared_probe(config, setup), config.train.max_seq_length)
 
     def __call__(self, record: Record) -> str | None:
         ids, _ = self.probe.analyze(record).rendered
@@ -285,8 +320,10 @@ class TemplateParity(_TemplateCheck):
     """Train/inference parity: each generation prompt is an exact token prefix of the row."""
 
     stage = "template_parity"
+    order = 150
 
     reason = "template_parity"
+    meaning = "generation prompt is not a token prefix of the training rendering"
 
     def __call__(self, record: Record) -> str | None:
         analysis = self.probe.analyze(record)
@@ -297,8 +334,10 @@ class StopTokenTrained(_TemplateCheck):
     """Every assistant turn's end-of-turn token(s) close its trained labels."""
 
     stage = "stop_untrained"
+    order = 160
 
     reason = "stop_untrained"
+    meaning = "an assistant turn's end-of-turn/EOS token is not a trained label"
 
     def __call__(self, record: Record) -> str | None:
         analysis = self.probe.analyze(record)
@@ -318,12 +357,18 @@ class AssistantTokensTrained(_TemplateCheck):
     """Every assistant turn trains at least N answer tokens under the trainer's loss mask."""
 
     stage = "loss_mask"
+    order = 170
 
     reason = "loss_mask"
+    meaning = "an assistant turn trains fewer than template.min_trained_tokens tokens"
 
     def __init__(self, probe: TemplateProbe, min_tokens: int):
         super().__init__(probe)
         self.min_tokens = min_tokens
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, setup: CheckSetup) -> AssistantTokensTrained:
+        return cls(shared_probe(config, setup), config.template.min_trained_tokens)
 
     def __call__(self, record: Record) -> str | None:
         analysis = self.probe.analyze(record)
@@ -343,17 +388,9 @@ class AssistantTokensTrained(_TemplateCheck):
 
 def template_checks(config: PipelineConfig, tokenizer: PreTrainedTokenizerBase) -> list[RowCheck]:
     """The template checks of a config, cheap to costly, sharing one probe."""
-    probe = TemplateProbe(tokenizer, config.model.end_of_turn)
-    reject_system = [SystemTurn(probe)] if config.model.system_role == "reject" else []
-    return [
-        ControlTokens(probe),
-        *reject_system,
-        TemplateRenders(probe),
-        SequenceLength(probe, config.train.max_seq_length),
-        TemplateParity(probe),
-        StopTokenTrained(probe),
-        AssistantTokensTrained(probe, config.template.min_trained_tokens),
-    ]
+    from tunegate.curation.checks import row_checks  # the package lists this module's checks
+
+    return [c for c in row_checks(config, tokenizer) if isinstance(c, _TemplateCheck)]
 
 
 def template_probe(checks: Sequence[object]) -> TemplateProbe | None:
