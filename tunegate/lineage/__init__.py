@@ -25,9 +25,10 @@ import pyarrow as pa
 from tunegate.data.verdicts import Verdict
 from tunegate.process import Owner, current_owner, is_alive
 
-SCHEMA_VERSION = 5  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
+SCHEMA_VERSION = 6  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
 # 4: eval cache keys and per-sample prompts/scores, adapter file digests on gates and promotions
 # 5: three-valued gates (outcome, bounds, items used), per-choice log-likelihoods per item
+# 6: the sequential look a gate decision was read at (look, looks)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -76,7 +77,7 @@ CREATE TABLE IF NOT EXISTS eval_samples (
 CREATE TABLE IF NOT EXISTS gate_results (
   run_id VARCHAR, adapter_id VARCHAR, gate VARCHAR, passed BOOLEAN, value DOUBLE,
   threshold DOUBLE, reason VARCHAR, created_at TIMESTAMP, files_sha256 VARCHAR,
-  outcome VARCHAR, low DOUBLE, high DOUBLE, n_items BIGINT);
+  outcome VARCHAR, low DOUBLE, high DOUBLE, n_items BIGINT, look BIGINT, looks BIGINT);
 CREATE TABLE IF NOT EXISTS promotions (
   promotion_id VARCHAR PRIMARY KEY, adapter_id VARCHAR, alias VARCHAR, decision VARCHAR,
   reason VARCHAR, actor VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
@@ -123,6 +124,10 @@ _MIGRATIONS[4] = (
     "ALTER TABLE promotions ADD COLUMN IF NOT EXISTS accepted_inconclusive VARCHAR; "
     "UPDATE gate_results SET outcome = CASE WHEN passed THEN 'pass' ELSE 'fail' END "
     "WHERE outcome IS NULL;"
+)
+_MIGRATIONS[5] = (
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS look BIGINT; "
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS looks BIGINT;"
 )
 # Promotion decisions that move an alias (a `refused` one only records the attempt).
 ALIAS_MOVES = ("promoted", "forced", "rollback")
@@ -972,6 +977,27 @@ class Lineage:
             [run_id],
         )
         return {r["status"]: r["n"] for r in rows}
+
+    # -- sequential evaluation ----------------------------------------------------------------
+    def record_gate_look(
+        self, run_id: str, adapter_id: str, gate: str, look: int, looks: int
+    ) -> None:
+        """Mark a recorded gate verdict as read at sequential look `look` of `looks`."""
+        with self._tx() as con:
+            con.execute(
+                "UPDATE gate_results SET look = ?, looks = ? "
+                "WHERE run_id = ? AND adapter_id = ? AND gate = ?",
+                [look, looks, run_id, adapter_id, gate],
+            )
+
+    def gate_items(self, adapter_id: str) -> list[dict[str, Any]]:
+        """Items each gate of the adapter's latest gated run used, and the sequential look it
+        stopped at (look/looks None: every item, one fixed-size test)."""
+        return self.query(
+            "SELECT gate, n_items, look, looks FROM gate_results WHERE adapter_id = ? "
+            "AND run_id = (SELECT run_id FROM gate_results WHERE adapter_id = ? "
+            "ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
+        )  # fmt: skip
 
 
 # DuckDB's buffer limit per connection. Without it, the checkpoint when a connection closes

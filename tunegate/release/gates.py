@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tunegate.config import GateConfig, GeneralGateConfig
+from tunegate.evaluation.sequential import Look, normal_bounds
 from tunegate.evaluation.stats import Interval, paired_difference
 
 Outcome = Literal["pass", "fail", "inconclusive"]
@@ -36,6 +37,7 @@ class GateResult:
     low: float = float("nan")  # one-sided confidence bounds of the paired difference
     high: float = float("nan")
     n: int = 0  # items the decision used
+    look: Look | None = None  # sequential evaluation: the look the decision was read at
 
     @property
     def passed(self) -> bool:
@@ -103,6 +105,7 @@ def general_drop_gate(
     base: Mapping[str, float],
     adapter: Mapping[str, float],
     config: GeneralGateConfig,
+    look: Look | None = None,
 ) -> GateResult:
     """Non-inferiority on a general task: the adapter is not worse than base by `max_drop`.
 
@@ -110,12 +113,15 @@ def general_drop_gate(
     The paired bootstrap gives one-sided `confidence` bounds of mean(adapter - base): pass
     when the lower bound is above -max_drop (shown not worse than the margin), fail when the
     upper bound is below it (shown worse), inconclusive otherwise; more items
-    (`eval.general.limit`) or a finer score (`p_gold`) narrow the interval.
+    (`eval.general.limit`) or a finer score (`p_gold`) narrow the interval. With a `look` of
+    a sequential evaluation the bounds are mean -+ look.z * se instead, the critical value that
+    keeps the error rates over all looks (`tunegate/evaluation/sequential.py`).
     """
     gate, limit = f"general_{task}", config.drop_limit(task)
     if (broken := _same_items(gate, base, adapter, -limit)) is not None:
         return GateResult(gate, "fail", broken.value, -limit, f"{task}: {broken.reason}")
-    diff = paired_bounds(base, adapter, config.confidence, config.bootstrap_iters)
+    diff = (paired_bounds(base, adapter, config.confidence, config.bootstrap_iters) if look is None
+            else normal_bounds([adapter[i] - base[i] for i in sorted(base)], look.z))  # fmt: skip
     outcome = three_way(diff.low, diff.high, -limit)
     b = sum(base.values()) / len(base)
     value = diff.low if outcome == "pass" else diff.high
@@ -123,8 +129,8 @@ def general_drop_gate(
         f"{task} {config.metric}: adapter {b + diff.mean:.3f} vs base {b:.3f} on {diff.n} "
         f"items, change {diff.mean:+.3f}, {config.confidence:.0%} bounds [{diff.low:+.3f}, "
         f"{diff.high:+.3f}] against the tolerated drop {-limit:+.3f}: {_say(outcome)}"
-    )
-    return GateResult(gate, outcome, value, -limit, reason, diff.low, diff.high, diff.n)
+    ) + (f"; {look.describe()}" if look else "")
+    return GateResult(gate, outcome, value, -limit, reason, diff.low, diff.high, diff.n, look)
 
 
 def _say(outcome: Outcome) -> str:

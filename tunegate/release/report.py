@@ -169,6 +169,13 @@ def _examples(base: EvalOutcome, adapter: EvalOutcome, per_side: int) -> str:
     return "".join(parts)
 
 
+def _items(g: GateResult) -> str:
+    """Items a decision used; a sequential one says where it stopped: "200 of 500, look 2/5"."""
+    if g.look is None:
+        return str(g.n)
+    return f"{g.n} of {g.look.full}, look {g.look.index}/{g.look.looks}"
+
+
 def write_eval_report(
     reports_dir: Path,
     run_id: str,
@@ -192,12 +199,14 @@ def write_eval_report(
         f"<span class=muted>{_e(decision.reason)}</span></div>",
         "<h2>Gates</h2><p class=muted>pass: the whole one-sided confidence interval clears the "
         "threshold; FAIL: it lies wholly beyond it; inconclusive: it straddles it (too few "
-        "items to tell). Only pass releases, unless the alias's policy accepts inconclusive."
+        "items to tell). Only pass releases, unless the alias's policy accepts inconclusive. "
+        "A general task evaluated sequentially stops at the first look where its gate is "
+        "conclusive; its items say where (README \"Evaluation and gates\")."
         "</p><table><tr><th>gate</th><th>outcome</th><th>value</th><th>threshold</th>"
         "<th>items</th><th>reason</th></tr>",
         *(f"<tr><td>{_e(g.gate)}</td><td class={_OUTCOME_CLASS[g.outcome]}>"
           f"{'FAIL' if g.outcome == 'fail' else g.outcome}</td><td class=n>{g.value:+.3f}</td>"
-          f"<td class=n>{g.threshold:+.3f}</td><td class=n>{g.n}</td><td>{_e(g.reason)}</td>"
+          f"<td class=n>{g.threshold:+.3f}</td><td class=n>{_items(g)}</td><td>{_e(g.reason)}</td>"
           "</tr>" for g in gates),
         "</table>",
         f"<h2>Base vs adapter</h2><p class=muted>Means with {confidence:.0%} intervals "

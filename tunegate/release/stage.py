@@ -41,10 +41,14 @@ def general_gates(
     metric = config.gates.general.metric
     gates = []
     for task in general_tasks(config):
+        tuned = outcome(adapter_evals, task.name)
         base_scores = per_item(outcome(base_evals, task.name), metric)
-        adapter_scores = per_item(outcome(adapter_evals, task.name), metric)
+        adapter_scores = per_item(tuned, metric)
+        if tuned.look:  # stopped early: the base on the items the adapter answered
+            base_scores = {i: base_scores[i] for i in adapter_scores if i in base_scores}
         short = task.name.removeprefix("tunegate_")
-        gates.append(general_drop_gate(short, base_scores, adapter_scores, config.gates.general))
+        gates.append(general_drop_gate(short, base_scores, adapter_scores, config.gates.general,
+                                       tuned.look))  # fmt: skip
     return gates
 
 
