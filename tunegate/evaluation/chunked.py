@@ -71,6 +71,8 @@ def evaluate_in_chunks(
                 path = Path(tmp) / f"{t.name}-look{k + 1}.jsonl"
                 path.write_text("\n".join(lines[t.name][start : designs[t.name].sizes[k]]) + "\n")
                 chunk.append(dataclasses.replace(t, data=path, limit=None))
+            if not chunk:  # every task conclusive before its last look
+                break
             results, secs = run_tasks(model, tokenizer, chunk)
             fresh = [to_outcome(results, t, subject="adapter", seconds=secs) for t in chunk]
             report_speed("adapter", fresh, results, secs)
