@@ -37,7 +37,10 @@ def evaluate_recorded(
 
     The base model's scores on a task are reused from an earlier run when their cache key
     (base files, task files and data, settings, device, library versions) matches and
-    `eval.cache_base` is on; they are recorded under this run either way.
+    `eval.cache_base` is on; they are recorded under this run either way. The adapter's
+    general suite runs chunk by chunk and stops each task once its gate is conclusive
+    (`eval.general.sequential`, `tunegate/evaluation/chunked.py`), paired with the base
+    scores recorded earlier in this run.
     """
     tasks = heldout_tasks(config) if suite == "heldout" else general_tasks(config)
     subject = "base" if adapter is None else "adapter"
