@@ -438,6 +438,32 @@ def known_general_task(name: str) -> str:
     return name
 
 
+class SequentialConfig(Section):
+    """Sequential evaluation of the adapter on the general suite (README "Evaluation and gates").
+
+    The adapter answers the items chunk by chunk; after each chunk its no-forgetting gate is
+    read with a group-sequential bound (Lan-DeMets alpha spending,
+    `tunegate/evaluation/sequential.py`) and the task stops as soon as it is conclusive.
+    The base model is still scored on every item (its scores are cached).
+    """
+
+    enabled: bool = Field(
+        True,
+        description="Evaluate the adapter in chunks and stop a task once its gate is pass or "
+        "fail; false: every item, one fixed-size bootstrap test (the chunk >= the task's size "
+        "does the same).",
+    )
+    chunk: int = Field(
+        100, ge=10, description="Items per look: the gate is read at chunk, 2 x chunk, ... items "
+        "and at the full size (eval.general.limit).",
+    )  # fmt: skip
+    spending: Literal["obrien_fleming", "pocock"] = Field(
+        "obrien_fleming",
+        description="Alpha-spending function: O'Brien-Fleming-type keeps the last look close to "
+        "the fixed-size test; Pocock-type stops earlier and widens the last look.",
+    )
+
+
 class GeneralEvalConfig(Section):
     """General-capability suite: lm-eval log-likelihood multiple choice on shipped files."""
 
@@ -454,6 +480,7 @@ class GeneralEvalConfig(Section):
         "too small for the general gate to be conclusive and says the N needed.",
     )  # fmt: skip
     batch_size: int = Field(16, ge=1, description="Log-likelihood requests per forward pass.")
+    sequential: SequentialConfig = SequentialConfig()
 
     @field_validator("tasks")
     @classmethod

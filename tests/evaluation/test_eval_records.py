@@ -34,7 +34,7 @@ def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
     )
     con.close()
     lin = Lineage(db)
-    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "5"
+    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "6"
     lin.record_promotion("a1", "production", "promoted", "ok", "ci", "r1", "digest")
     history = lin.alias_history("production")
     assert [(h["adapter_id"], h["files_sha256"]) for h in history] == [

@@ -10,8 +10,8 @@ from conftest import REPO
 from typer.testing import CliRunner
 
 from tunegate.cli import app
-from tunegate.config import parse_config
-from tunegate.release.sizing import items_needed, sizing_problems
+from tunegate.config import SequentialConfig, parse_config
+from tunegate.release.sizing import items_needed, items_needed_sequential, sizing_problems
 
 
 def config_file(tmp_path: Path, general_eval: dict, general_gate: dict) -> Path:
@@ -34,6 +34,14 @@ def test_items_needed_grows_as_the_margin_shrinks_and_binary_scores_need_far_mor
     assert items_needed("acc", 0.5, 0.95) >= 2  # a share moves by 1 / n at least
 
 
+def test_a_sequential_last_look_needs_a_few_more_items_than_the_fixed_test():
+    fixed = items_needed("p_gold", 0.02, 0.95)
+    sequential = items_needed_sequential("p_gold", 0.02, 0.95, SequentialConfig(chunk=20))
+    assert fixed < sequential < 1.2 * fixed
+    off = SequentialConfig(enabled=False)
+    assert items_needed_sequential("p_gold", 0.02, 0.95, off) == fixed
+
+
 def test_the_shipped_pipeline_can_be_conclusive():
     config = yaml.safe_load((REPO / "pipeline.yaml").read_text())
     assert sizing_problems(parse_config(config, root=REPO)) == []
@@ -42,7 +50,7 @@ def test_the_shipped_pipeline_can_be_conclusive():
 def test_validate_refuses_a_gate_that_cannot_be_conclusive_and_says_the_n_needed(tmp_path):
     path = config_file(tmp_path, {"limit": 50}, {"metric": "acc_norm", "max_drop": 0.05})
     result = CliRunner().invoke(app, ["validate", str(path)])
-    needed = items_needed("acc_norm", 0.05, 0.95)
+    needed = items_needed_sequential("acc_norm", 0.05, 0.95, SequentialConfig())
     assert result.exit_code == 1
     out = " ".join(result.stderr.split())  # rich folds long lines
     assert "gates.general.max_drop" in out

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunegate.chat import ChatError, end_of_turn, load_tokenizer
 from tunegate.config import PipelineConfig
+from tunegate.evaluation.sequential import Look
 from tunegate.hashing import sha256_file
 from tunegate.models import BaseModel
 from tunegate.precision import dtype_name, pick_device, resolve_dtype
@@ -107,6 +108,7 @@ class EvalOutcome:
     seconds: float  # wall time of the lm-eval run this task was part of
     primary: str  # the metric each sample's `score` holds
     dtype: str  # what the model computed in
+    look: Look | None = None  # sequential evaluation: where it stopped (None: every item)
 
 
 def heldout_tasks(config: PipelineConfig) -> list[EvalTask]:

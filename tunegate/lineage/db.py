@@ -22,9 +22,10 @@ from typing import Any, Self
 import duckdb
 import pyarrow as pa
 
-SCHEMA_VERSION = 5  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
+SCHEMA_VERSION = 6  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
 # 4: eval cache keys and per-sample prompts/scores, adapter file digests on gates and promotions
 # 5: three-valued gates (outcome, bounds, items used), per-choice log-likelihoods per item
+# 6: the sequential look a gate decision was read at (look, looks)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -73,7 +74,7 @@ CREATE TABLE IF NOT EXISTS eval_samples (
 CREATE TABLE IF NOT EXISTS gate_results (
   run_id VARCHAR, adapter_id VARCHAR, gate VARCHAR, passed BOOLEAN, value DOUBLE,
   threshold DOUBLE, reason VARCHAR, created_at TIMESTAMP, files_sha256 VARCHAR,
-  outcome VARCHAR, low DOUBLE, high DOUBLE, n_items BIGINT);
+  outcome VARCHAR, low DOUBLE, high DOUBLE, n_items BIGINT, look BIGINT, looks BIGINT);
 CREATE TABLE IF NOT EXISTS promotions (
   promotion_id VARCHAR PRIMARY KEY, adapter_id VARCHAR, alias VARCHAR, decision VARCHAR,
   reason VARCHAR, actor VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
@@ -120,6 +121,10 @@ _MIGRATIONS[4] = (
     "ALTER TABLE promotions ADD COLUMN IF NOT EXISTS accepted_inconclusive VARCHAR; "
     "UPDATE gate_results SET outcome = CASE WHEN passed THEN 'pass' ELSE 'fail' END "
     "WHERE outcome IS NULL;"
+)
+_MIGRATIONS[5] = (
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS look BIGINT; "
+    "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS looks BIGINT;"
 )
 
 

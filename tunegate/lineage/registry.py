@@ -56,6 +56,26 @@ class RegistryRecords(LineageDatabase):
             "  ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
         )  # fmt: skip
 
+    def record_gate_look(
+        self, run_id: str, adapter_id: str, gate: str, look: int, looks: int
+    ) -> None:
+        """Mark a recorded gate verdict as read at sequential look `look` of `looks`."""
+        with self._tx() as con:
+            con.execute(
+                "UPDATE gate_results SET look = ?, looks = ? "
+                "WHERE run_id = ? AND adapter_id = ? AND gate = ?",
+                [look, looks, run_id, adapter_id, gate],
+            )
+
+    def gate_items(self, adapter_id: str) -> list[dict[str, Any]]:
+        """Items each gate of the adapter's latest gated run used, and the sequential look it
+        stopped at (look/looks None: every item, one fixed-size test)."""
+        return self.query(
+            "SELECT gate, n_items, look, looks FROM gate_results WHERE adapter_id = ? "
+            "AND run_id = (SELECT run_id FROM gate_results WHERE adapter_id = ? "
+            "ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
+        )  # fmt: skip
+
     def record_promotion(
         self,
         adapter_id: str,

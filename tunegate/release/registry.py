@@ -265,7 +265,17 @@ def release_check(lineage: Lineage, *, alias: str | None = None, ref: str | None
         return Check(False, f"{name}: " + "; ".join(problems), adapter_id)
     n = len(lineage.latest_gates(adapter_id))
     taken = sorted(set(inconclusive_gates(lineage, adapter_id)) & accepted)
+    items = items_used(lineage, adapter_id)
     if taken:
         return Check(True, f"{name}: files match the registry, gates passed but {', '.join(taken)}"
-                     f" inconclusive, accepted by {alias}'s policy", adapter_id)  # fmt: skip
-    return Check(True, f"{name}: files match the registry, all {n} gates passed", adapter_id)
+                     f" inconclusive, accepted by {alias}'s policy{items}", adapter_id)  # fmt: skip
+    return Check(True, f"{name}: files match the registry, all {n} gates passed{items}", adapter_id)
+
+
+def items_used(lineage: Lineage, adapter_id: str) -> str:
+    """ " (items: heldout_gain 100, general_piqa 200 at look 2 of 5, ...)": what each decision
+    rested on, so a release log shows which gates stopped early (empty if none recorded)."""
+    parts = [f"{g['gate']} {g['n_items']}" + (f" at look {g['look']} of {g['looks']}"
+             if g["look"] is not None else "")
+             for g in lineage.gate_items(adapter_id) if g["n_items"] is not None]  # fmt: skip
+    return f" (items: {', '.join(parts)})" if parts else ""

@@ -137,6 +137,13 @@ def _examples(base: EvalOutcome, adapter: EvalOutcome, per_side: int) -> str:
     return "".join(parts)
 
 
+def _items(g: GateResult) -> str:
+    """Items a decision used; a sequential one says where it stopped: "200 of 500, look 2/5"."""
+    if g.look is None:
+        return str(g.n)
+    return f"{g.n} of {g.look.full}, look {g.look.index}/{g.look.looks}"
+
+
 def write_eval_report(
     reports_dir: Path,
     run_id: str,
@@ -160,12 +167,14 @@ def write_eval_report(
         f"<span class=muted>{_e(decision.reason)}</span></div>",
         "<h2>Gates</h2><p class=muted>pass: the whole one-sided confidence interval clears the "
         "threshold; FAIL: it lies wholly beyond it; inconclusive: it straddles it (too few "
-        "items to tell). Only pass releases, unless the alias's policy accepts inconclusive."
+        "items to tell). Only pass releases, unless the alias's policy accepts inconclusive. "
+        "A general task evaluated sequentially stops at the first look where its gate is "
+        "conclusive; its items say where (README \"Evaluation and gates\")."
         "</p>",
         html_table(["gate", "outcome", "value", "threshold", "items", "reason"], [
             (_e(g.gate),
              Cell("FAIL" if g.outcome == "fail" else g.outcome, _OUTCOME_CLASS[g.outcome]),
-             f"{g.value:+.3f}", f"{g.threshold:+.3f}", g.n, _e(g.reason)) for g in gates
+             f"{g.value:+.3f}", f"{g.threshold:+.3f}", _items(g), _e(g.reason)) for g in gates
         ], numeric=(2, 3, 4)),
         f"<h2>Base vs adapter</h2><p class=muted>Means with {confidence:.0%} intervals "
         "(normal approximation); the change is adapter − base over the same items with a "

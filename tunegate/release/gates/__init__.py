@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from tunegate.evaluation.sequential import Look
 from tunegate.evaluation.stats import Interval, paired_difference
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class GateResult:
     low: float = float("nan")  # one-sided confidence bounds of the paired difference
     high: float = float("nan")
     n: int = 0  # items the decision used
+    look: Look | None = None  # sequential evaluation: the look the decision was read at
 
     @property
     def passed(self) -> bool:

@@ -1,0 +1,69 @@
+"""Sequential evaluation end to end on a tiny random model: a task whose gate is conclusive at
+the first look stops there, records the items it used and the look, and decides as the
+fixed-size run does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import REPO
+
+from tunegate.config import parse_config
+from tunegate.evaluation.stage import evaluate_recorded
+from tunegate.lineage import Lineage
+from tunegate.models import BaseModel, sha256_dir
+from tunegate.release.gates.general_drop import GeneralDrop
+from tunegate.release.promote import decide_promotion
+from tunegate.release.registry import release_check
+from tunegate.release.report import write_eval_report
+from tunegate.training.train import TrainResult
+
+
+def noop_adapter(base: BaseModel, out: Path) -> TrainResult:
+    """A LoRA with B = 0 (peft's init): adapter = base, the clearest pass there is."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    get_peft_model(model, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(out)
+    return TrainResult(out, sha256_dir(out), 0, {})
+
+
+def config_for(sequential: bool):
+    general = {"tasks": ["piqa"], "limit": 30, "sequential": {"enabled": sequential, "chunk": 10}}
+    return parse_config({"data": {"sources": [{"path": "x"}]}, "eval": {"general": general}},
+                        root=REPO)  # fmt: skip
+
+
+def test_a_conclusive_task_stops_early_and_decides_as_the_fixed_size_run(tiny_base_model,
+                                                                         tmp_path):  # fmt: skip
+    sequential, fixed = config_for(True), config_for(False)
+    noop = noop_adapter(tiny_base_model, tmp_path / "noop")
+    lineage = Lineage(":memory:")
+    lineage.record_adapter(noop.adapter_id, "train-0", str(noop.adapter_dir),
+                           tiny_base_model.sha256, "snap", "cfg")  # fmt: skip
+    base = evaluate_recorded(sequential, lineage, "run", tiny_base_model, None, "general")
+    early = evaluate_recorded(sequential, lineage, "run", tiny_base_model, noop, "general")
+    whole = evaluate_recorded(fixed, lineage, "fixed", tiny_base_model, noop, "general")
+
+    # 1. The base answered all 30 items, the adapter stopped after the first chunk of 10.
+    assert base[0].n == 30 and whole[0].n == 30 and whole[0].look is None
+    assert early[0].n == 10 and (early[0].look.index, early[0].look.looks) == (1, 3)
+    adapter_rows = [r for r in lineage.eval_results("run") if r["subject"] == "adapter"]
+    assert adapter_rows and {r["n"] for r in adapter_rows} == {10}
+
+    # 2. Same decision as the fixed-size gate on every item; the early one says where it stopped.
+    (gate,) = GeneralDrop().evaluate(sequential, base, early)
+    (full,) = GeneralDrop().evaluate(fixed, base, whole)
+    assert gate.outcome == full.outcome == "pass" and (gate.n, full.n) == (10, 30)
+    assert "sequential look 1 of 3: 10 of 30 items" in gate.reason and full.look is None
+
+    # 3. Recorded with the gate, shown by `tunegate gate check` and in the eval report.
+    decision = decide_promotion(lineage, "run", noop.adapter_id, noop.adapter_dir, "staging",
+                                [gate])  # fmt: skip
+    (row,) = lineage.query("SELECT n_items, look, looks FROM gate_results")
+    assert row == {"n_items": 10, "look": 1, "looks": 3}
+    check = release_check(lineage, alias="staging")
+    assert check.ok and "(items: general_piqa 10 at look 1 of 3)" in check.reason
+    html = write_eval_report(tmp_path, "run", noop.adapter_id, base, early, [gate], decision)
+    assert "10 of 30, look 1/3" in html.read_text()
