@@ -13,6 +13,8 @@ from tunegate.curation.funnel import AcceptedRecords, RunVerdicts
 from tunegate.curation.run import CurationError, curate, curate_records
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.unit
+
 
 def rows():
     good = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."}

@@ -27,13 +27,10 @@ from tunegate.curation.run import CurationError, build_checks, curate
 from tunegate.data.records import Record
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.unit
+
 GOOD = (("user", "Where is my order A12345?"), ("assistant", "It ships tomorrow."))
 ORIGINAL_GEN_PROMPT = "{{ '<|im_start|>assistant\n' }}"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(embedded_model_dir):
-    return load_tokenizer(embedded_model_dir)
 
 
 def variant(tokenizer, **changes):

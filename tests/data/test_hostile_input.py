@@ -22,6 +22,8 @@ from tunegate.data.ingest import Rejected, SourceError, ingest_file, source_file
 from tunegate.data.records import Record
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.unit
+
 GOOD = {"instruction": "Name a colour.", "output": "Blue."}
 
 

@@ -20,6 +20,8 @@ from tunegate.curation.run import curate
 from tunegate.lineage import Lineage
 from tunegate.review.triage import review_synthetic
 
+pytestmark = pytest.mark.unit
+
 RAW = REPO / "datasets" / "raw"
 
 # The README's defect kinds and the reason code curation must give each.

@@ -10,6 +10,8 @@ from tunegate.config import GateConfig, GeneralGateConfig
 from tunegate.evaluation.stats import mean_interval, paired_difference
 from tunegate.release.gates import general_drop_gate, heldout_gain_gate
 
+pytestmark = pytest.mark.unit
+
 
 def scores(values: list[float]) -> dict[str, float]:
     return {f"item-{i:03d}": v for i, v in enumerate(values)}

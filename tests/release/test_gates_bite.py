@@ -16,6 +16,8 @@ from tunegate.release.gates import general_drop_gate
 from tunegate.release.stage import gate_and_promote, general_gates, per_item
 from tunegate.training.train import TrainResult
 
+pytestmark = pytest.mark.integration
+
 
 def lora_adapter(base: BaseModel, out: Path, *, random_b: bool, alpha: int = 32) -> TrainResult:
     """A LoRA on every linear layer: B = 0 (peft's init, a no-op) or random (damaging)."""

@@ -22,6 +22,8 @@ from test_review import ALICE, BOB, items_by_row, queued, signed_in  # noqa: F40
 from tunegate.review.guard import Guard, load_tokens
 from tunegate.review.web import bind_warning, create_app
 
+pytestmark = pytest.mark.unit
+
 ORIGIN = "http://127.0.0.1:8765"
 
 
@@ -225,6 +227,7 @@ def titled(browser, timeout_s: float = 30) -> str:
     return browser.script("return document.title")
 
 
+@pytest.mark.integration
 @needs_chromium
 def test_cross_site_attempts_in_headless_chromium_are_all_refused(queued, tmp_path):  # noqa: F811
     cfg, lineage, run, _ = queued
