@@ -14,7 +14,7 @@ from tunegate.chat import load_tokenizer
 from tunegate.curation.run import curate
 from tunegate.lineage import Lineage
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 def row(question: str, answer: str) -> dict[str, str]:

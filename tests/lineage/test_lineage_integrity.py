@@ -15,7 +15,7 @@ from tunegate.cli import app
 from tunegate.data.verdicts import Verdict
 from tunegate.lineage import Lineage, LineageError
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 def filled(workspace: Path, rows: int = 100_000) -> Lineage:

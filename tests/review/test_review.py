@@ -26,7 +26,7 @@ from tunegate.review.guard import Guard
 from tunegate.review.triage import ReviewError, close_review, decide, review_synthetic
 from tunegate.review.web import create_app
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 SYSTEM = "Classify the support ticket. Reply with JSON only."
 HUMAN = [
@@ -317,7 +317,6 @@ def test_review_page_and_api(queued):
 # -- the page in a real browser: `tunegate review serve` and headless Chromium ------------------
 
 
-@pytest.mark.integration
 @needs_chromium
 def test_review_page_in_headless_chromium(queued, tmp_path):
     cfg, lineage, run, _ = queued
@@ -357,7 +356,6 @@ def test_review_page_in_headless_chromium(queued, tmp_path):
     assert conserved(lineage, run) == {"accepted": 9, "review_rejected": 1, "synthetic_rejected": 1}
 
 
-@pytest.mark.integration
 def test_a_second_process_holding_the_database_is_waited_for(queued):
     """The review server and a paused flow are separate processes sharing one DuckDB file."""
     _cfg, lineage, run, _ = queued
