@@ -5,7 +5,8 @@ Tiers (registered in pyproject.toml; README, "Development"): every test has exac
 `unit`, `integration`, `e2e`. A file declares its tier once, `pytestmark = pytest.mark.unit`;
 a test (or one parameter, `pytest.param(..., marks=...)`) overrides it with its own tier
 mark. `pytest_collection_modifyitems` below resolves the closest tier onto each test, so
-`-m unit` sees exactly one, and stops the run when a test has none or two.
+`-m unit` sees exactly one, and stops the run when a test has none or two, or is `slow` and
+`unit`; `make test-fast` runs the `unit` tier.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Errors name every test with no tier, two tiers at one level, or `slow` on a `unit` test.
     """
-    chosen, problems = {}, []
+    chosen: dict[pytest.Item, str] = {}
+    problems: list[str] = []
     for item in items:
         levels = [_tier_marks(node) for node in reversed(item.listchain())]
         marks = next((found for found in levels if found), [])
