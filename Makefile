@@ -38,8 +38,10 @@ gemma3: venv
 test: venv
 	$(PY) -m pytest
 
+# The edit loop, under 2 min on 2 cores: the `unit` tier (README, "Development": the tiers,
+# how to run each). The slowest ten are listed so a test that creeps up gets re-tiered.
 test-fast: venv
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m unit --durations=10
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

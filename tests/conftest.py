@@ -1,9 +1,20 @@
-"""Shared fixtures: configs on temporary data and the embedded model cache."""
+"""Shared fixtures: configs on temporary data, the embedded model and its tokenizer, tiny
+models, free ports, Prefect's temporary server; and the test tiers.
+
+Tiers (registered in pyproject.toml; README, "Development"): every test has exactly one of
+`unit`, `integration`, `e2e`. A file declares its tier once, `pytestmark = pytest.mark.unit`;
+a test (or one parameter, `pytest.param(..., marks=...)`) overrides it with its own tier
+mark. `pytest_collection_modifyitems` below resolves the closest tier onto each test, so
+`-m unit` sees exactly one, and stops the run when a test has none or two, or is `slow` and
+`unit`; `make test-fast` runs the `unit` tier.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +27,53 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def _tier_marks(node: pytest.Item | pytest.Collector) -> list[pytest.Mark]:
+    return [m for m in node.own_markers if m.name in TIERS]
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the resolved tier
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each test its closest tier mark (its own, else its class's, else its file's).
+
+    Errors name every test with no tier, two tiers at one level, or `slow` on a `unit` test.
+    """
+    chosen: dict[pytest.Item, str] = {}
+    problems: list[str] = []
+    for item in items:
+        levels = [_tier_marks(node) for node in reversed(item.listchain())]
+        marks = next((found for found in levels if found), [])
+        names = sorted({m.name for m in marks})
+        if len(names) != 1:
+            problems.append(f"{item.nodeid}: tiers {names or 'none'}; give it exactly one")
+        elif names == ["unit"] and item.get_closest_marker("slow"):
+            problems.append(f"{item.nodeid}: `slow` but `unit`; slow tests are integration or e2e")
+        else:
+            chosen[item] = names[0]
+    if problems:
+        raise pytest.UsageError("test tiers (tests/conftest.py):\n" + "\n".join(problems))
+    for node in {n for item in items for n in item.listchain()[:-1]}:  # files, classes
+        node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+    for item, tier in chosen.items():
+        item.own_markers[:] = [m for m in item.own_markers if m.name not in TIERS]
+        item.add_marker(tier)
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> str:
+    """`tiers: unit N, integration N, e2e N` under the collected (or selected) tests."""
+    counts = {t: sum(1 for i in items if i.get_closest_marker(t)) for t in TIERS}
+    return "tiers: " + ", ".join(f"{t} {n}" for t, n in counts.items())
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -68,22 +126,44 @@ def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return resolve_base_model(EMBEDDED_MODEL, cache).path
 
 
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_dir: Path) -> Any:
+    """The embedded SmolLM2's tokenizer and chat template, loaded once (the tiny model's too).
+
+    Shared by the session: a test that needs a changed tokenizer changes a copy.
+    """
+    from tunegate.chat import load_tokenizer
+
+    return load_tokenizer(embedded_model_dir)
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    """Prefect's temporary server (`prefect_test_harness`) for the flows run in one test file.
+
+    In-process only; a real `prefect server start` for deployments is `tests/prefect_server.py`.
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 # --- train fixtures (tests/training/test_train.py; shared: a tiny model any stage can train) ---
 
 
 @pytest.fixture(scope="session")
-def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path):
+def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any):
     """A 2-layer, randomly initialised Llama with the real SmolLM2 tokenizer and chat template.
 
     Same tokenizer, template and architecture as the embedded model, ~3 M parameters: the
     training and loading code paths run for real in seconds.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from tunegate.models import BaseModel, sha256_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

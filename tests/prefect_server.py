@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conftest import free_port  # re-exported: `from prefect_server import free_port`
+
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 # A traceback, or a log record at ERROR or above, anywhere in the server's output.
 SERVER_ERROR = re.compile(r"Traceback \(most recent call last\)|\|\s*(ERROR|CRITICAL)\s*\|")
 NEW_RECORD = re.compile(r"\d\d:\d\d:\d\d\.\d+ \|")  # how each of the server's log records starts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -6,6 +6,8 @@ from typer.testing import CliRunner
 from tunegate.cli import app
 from tunegate.config import ConfigError, load_config, parse_config
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -24,7 +24,7 @@ from tunegate.chat import end_of_turn, load_tokenizer, render_ids, tokenize_chat
 from tunegate.curation.checks.template import TEMPLATE_REASONS, template_checks, template_probe
 from tunegate.curation.run import curate_records
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 IDS = [f.name for f in FAMILIES]
 SYSTEM = "Classify the support ticket. Reply with JSON only, keys: intent, priority, order_id."
 CHATS = [

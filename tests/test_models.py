@@ -19,6 +19,8 @@ from tunegate.models import (
     resolve_base_model,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def test_two_runs_preparing_the_embedded_model_at_once_make_it_once(tmp_path):
     target = tmp_path / "models" / "smollm2-135m-instruct"
@@ -42,6 +44,7 @@ def test_two_runs_preparing_the_embedded_model_at_once_make_it_once(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name, target.name + ".lock"]
 
 
+@pytest.mark.unit
 def test_the_weights_hash_is_recomputed_when_bytes_change_under_the_same_size_and_mtime(tmp_path):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"\x00" * 4096)
@@ -56,6 +59,7 @@ def test_the_weights_hash_is_recomputed_when_bytes_change_under_the_same_size_an
     assert _cached_sha(tmp_path) != first
 
 
+@pytest.mark.unit
 def test_a_gguf_path_is_relative_to_the_config_and_a_bad_one_is_refused(tmp_path):
     cfg = make_config(tmp_path, [{"path": "x.jsonl"}], model={"base_model": "m/model.gguf"})
     assert config_base_model(cfg) == str(tmp_path / "m" / "model.gguf")

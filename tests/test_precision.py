@@ -18,6 +18,8 @@ from tunegate.precision import (
     resolve_dtype,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_auto_follows_the_cpu_kind(cpu_bf16):
     expected = torch.bfloat16 if cpu_bf16 == "on" else torch.float32

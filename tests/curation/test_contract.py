@@ -7,6 +7,8 @@ import pytest
 from tunegate.curation.checks.contract import DEFAULT_CONTRACT, RecordContract, contract_failures
 from tunegate.data.records import Record
 
+pytestmark = pytest.mark.unit
+
 
 def rec(*messages: tuple[str, str], origin: str = "human") -> Record:
     return Record(tuple(messages), origin, "s", 1)

@@ -13,6 +13,8 @@ from tunegate.curation.funnel import AcceptedRecords, RunVerdicts
 from tunegate.curation.run import CurationError, curate, curate_records
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.integration
+
 
 def rows():
     good = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."}
@@ -59,6 +61,7 @@ def test_every_row_gets_a_verdict_and_conservation_holds(tmp_path):
     assert [r["n_rows"] for r in sources] == [9, 2]
 
 
+@pytest.mark.unit
 def test_first_occurrence_is_kept_deterministically(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", rows())
     cfg = make_config(tmp_path, [{"path": "a.jsonl"}])
@@ -294,6 +297,7 @@ def test_too_few_accepted_rows_block_the_run(tmp_path):
     assert assert_conserved(lineage, run, 9)["accepted"] == 5
 
 
+@pytest.mark.unit
 def test_run_writer_writes_in_transactions_and_surfaces_a_failed_write(tmp_path):
     """Lineage writes run in a background thread: every row arrives, and errors are not lost."""
     from tunegate.curation.run import RunWriter

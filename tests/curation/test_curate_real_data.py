@@ -23,6 +23,8 @@ from conftest import SHARED_DATA, assert_conserved, make_config
 from tunegate.curation.run import curate
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.integration
+
 SELF_INSTRUCT = (
     SHARED_DATA / "yizhongw__self-instruct/human_eval/predictions/davinci-t0-ft_predictions.jsonl"
 )

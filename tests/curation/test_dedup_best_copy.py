@@ -7,11 +7,14 @@ tokenizes an answer that opens with spaces differently alone than in context
 
 from __future__ import annotations
 
+import pytest
 from conftest import assert_conserved, make_config, write_jsonl
 
 from tunegate.chat import load_tokenizer
 from tunegate.curation.run import curate
 from tunegate.lineage import Lineage
+
+pytestmark = pytest.mark.integration
 
 
 def row(question: str, answer: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tunegate.curation.checks.base import Batch
 from tunegate.curation.checks.near_dup import NearDuplicates, jaccard, lsh_params
@@ -17,6 +18,8 @@ from tunegate.curation.shingles import (
 )
 from tunegate.data.records import Record
 
+pytestmark = pytest.mark.unit
+
 
 def test_words_are_case_and_punctuation_free_and_unicode_aware():
     assert words("Hello, WORLD! it's 3.5") == ["hello", "world", "it", "s", "3", "5"]
@@ -25,6 +28,7 @@ def test_words_are_case_and_punctuation_free_and_unicode_aware():
     assert (b.word_hash[:2] == b.word_hash[2:]).all()
 
 
+@pytest.mark.integration
 def test_hashes_are_deterministic_across_processes():
     code = (
         "from tunegate.curation.shingles import hash_words; "

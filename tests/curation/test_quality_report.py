@@ -13,6 +13,8 @@ from tunegate.cli import app
 from tunegate.curation.run import curate
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.integration
+
 ROWS = [
     {"instruction": "Name a colour.", "output": "Blue is a colour people often name first."},
     {"instruction": "name a colour. ", "output": "blue is a colour people often name  first."},

@@ -28,13 +28,10 @@ from tunegate.curation.run import CurationError, curate
 from tunegate.data.records import Record
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.unit
+
 GOOD = (("user", "Where is my order A12345?"), ("assistant", "It ships tomorrow."))
 ORIGINAL_GEN_PROMPT = "{{ '<|im_start|>assistant\n' }}"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(embedded_model_dir):
-    return load_tokenizer(embedded_model_dir)
 
 
 def variant(tokenizer, **changes):
@@ -215,6 +212,7 @@ def rows(n_good: int, n_bad: int) -> list[dict]:
     return good + bad
 
 
+@pytest.mark.integration
 def test_curation_runs_the_template_gate_with_a_tokenizer(tokenizer, tmp_path):
     write_jsonl(tmp_path / "x.jsonl", rows(18, 1))
     cfg = config(tmp_path)
@@ -234,6 +232,7 @@ def test_curation_runs_the_template_gate_with_a_tokenizer(tokenizer, tmp_path):
     assert assert_conserved(lineage, run2, 19) == {"accepted": 19}
 
 
+@pytest.mark.integration
 def test_too_many_template_rejections_block_the_run(tokenizer, tmp_path):
     write_jsonl(tmp_path / "x.jsonl", rows(8, 2))  # 20 % > the default 10 %
     cfg = config(tmp_path)
@@ -262,6 +261,7 @@ def test_inspect_marks_exactly_the_trained_tokens(tokenizer):
     assert [(t.trained, t.eos_trained) for t in shown.turns] == [(shown.n_trained - 1, True)]
 
 
+@pytest.mark.integration
 def test_inspect_cli_prints_the_row_and_counts(tmp_path, embedded_model_dir):
     write_jsonl(
         tmp_path / "x.jsonl", [{"instruction": "Where is my order?", "output": "On its way."}]
@@ -286,6 +286,7 @@ def test_inspect_cli_prints_the_row_and_counts(tmp_path, embedded_model_dir):
     assert missing.exit_code == 1 and "no record" in missing.output
 
 
+@pytest.mark.integration
 def test_model_findings_and_the_end_of_turn_are_in_the_quality_report(tokenizer, tmp_path):
     write_jsonl(tmp_path / "x.jsonl", rows(5, 0))
     cfg = config(tmp_path)

@@ -22,6 +22,8 @@ from tunegate.data.ingest import Rejected, SourceError, ingest_file, source_file
 from tunegate.data.records import Record
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.unit
+
 GOOD = {"instruction": "Name a colour.", "output": "Blue."}
 
 
@@ -142,6 +144,7 @@ def test_unreadable_files_are_one_clear_error(tmp_path):
         list(ingest_file(source_files(folder)[0], "auto", "human"))
 
 
+@pytest.mark.integration
 def test_curation_records_every_hostile_row_and_fails_cleanly_on_a_bad_file(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_bytes(line(GOOD) + b"[" * 3000 + b"\n" + b'{"a": "\xff"}\n' + b"x" * 5000 + b"\n")
@@ -160,6 +163,7 @@ def test_curation_records_every_hostile_row_and_fails_cleanly_on_a_bad_file(tmp_
         curate(bad, lineage, run)
 
 
+@pytest.mark.integration
 def test_untrusted_text_is_printed_as_text_not_rich_markup(tmp_path):
     from rich.console import Console
     from typer.testing import CliRunner

@@ -21,6 +21,8 @@ from tunegate.data.ingest import (
 )
 from tunegate.data.records import Record
 
+pytestmark = pytest.mark.unit
+
 
 def test_formats_convert_to_canonical_messages():
     assert to_messages({"instruction": "Do", "input": "x", "output": "y"}, "alpaca") == (

@@ -20,6 +20,8 @@ from tunegate.curation.run import curate
 from tunegate.lineage import Lineage
 from tunegate.review.triage import review_synthetic
 
+pytestmark = pytest.mark.integration
+
 RAW = REPO / "datasets" / "raw"
 
 # The README's defect kinds and the reason code curation must give each.
@@ -72,6 +74,7 @@ def sample_run(tmp_path_factory, embedded_model_dir):
     return result, lineage, run, verdicts
 
 
+@pytest.mark.unit
 def test_the_readme_lists_the_defects_of_both_files():
     defects = planted_defects()
     kinds = {kind for kind, _ in defects.values()}

@@ -11,6 +11,8 @@ from tunegate.config import parse_config
 from tunegate.evaluation.stage import evaluate_recorded
 from tunegate.lineage import SCHEMA_VERSION, Lineage
 
+pytestmark = pytest.mark.unit
+
 
 def old_lineage_file(tmp_path, version: int) -> tuple:
     """A lineage file stamped with an older schema version; the caller adds that era's tables."""
@@ -96,6 +98,7 @@ def test_cached_eval_returns_the_latest_base_scores_for_a_key():
     assert [s["item_id"] for s in cached["samples"]] == ["i"]
 
 
+@pytest.mark.integration
 def test_base_scores_are_reused_when_the_cache_key_matches(tmp_path, monkeypatch, tiny_base_model):
     tiny_base = tiny_base_model
     general = {"tasks": ["piqa"], "limit": 4}

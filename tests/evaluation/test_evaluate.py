@@ -30,6 +30,8 @@ from tunegate.evaluation.evaluate import (
 )
 from tunegate.models import BaseModel, sha256_dir
 
+pytestmark = pytest.mark.integration
+
 # The system message of the training chats; the eval must send exactly this.
 SYSTEM = "Classify the support ticket. Reply with JSON only, keys: intent, priority, order_id."
 
@@ -80,6 +82,7 @@ def make_config(root: Path, **eval_settings):
 GOLD = target("refund", "high", "A48213")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
@@ -100,6 +103,7 @@ def test_score_reply(reply, expected):
     assert tuple(scores[m] for m in METRICS) == pytest.approx(expected)
 
 
+@pytest.mark.unit
 def test_null_order_id_matches_null():
     gold = target("account", "low", None)
     scoring = load_scoring()
@@ -107,6 +111,7 @@ def test_null_order_id_matches_null():
     assert scoring.score_reply(target("account", "low", "null"), gold)["field_accuracy"] == 2 / 3
 
 
+@pytest.mark.unit
 def test_process_results_reads_the_target_column():
     doc = {"id": "heldout-000", "ticket": "t", "target": GOLD}
     assert load_scoring().process_results(doc, [GOLD]) == {
@@ -116,14 +121,7 @@ def test_process_results_reads_the_target_column():
     }
 
 
-# --- fixtures: real tokenizer, tiny model ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_base_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_base_model.path)
+# --- fixtures: tiny model and adapter (the real tokenizer: tests/conftest.py) -----------
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +211,7 @@ def test_evaluate_heldout_end_to_end(tiny_model_dir, tiny_adapter_dir, tmp_path)
     assert [s.score for s in adapted_loglik.samples] != [s.score for s in loglik.samples]
 
 
+@pytest.mark.unit
 def test_missing_heldout_file_names_the_path(tmp_path):
     config = make_config(tmp_path, heldout_path="nowhere/heldout.jsonl")
     with pytest.raises(EvalError, match=str(tmp_path / "nowhere" / "heldout.jsonl")):

@@ -12,6 +12,8 @@ from conftest import REPO, SHARED_DATA
 from tunegate.config import GeneralEvalConfig
 from tunegate.evaluation.evaluate import GENERAL_DATA_DIR, TASKS_DIR
 
+pytestmark = pytest.mark.unit
+
 TASKS = ("piqa", "arc_easy", "hellaswag")
 CHOICES = {"piqa": 2, "arc_easy": 4, "hellaswag": 4}
 
@@ -42,6 +44,7 @@ def test_attribution_names_every_source_and_licence():
     assert licences == ["klosax__hellaswag_text_data.LICENSE", "mosaicml__llm-foundry.LICENSE"]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not here")
 def test_files_regenerate_byte_for_byte_from_the_shared_data():
     script = REPO / "scripts" / "make_general_evals.py"

@@ -4,6 +4,8 @@ import pytest
 from tunegate.data.verdicts import Verdict
 from tunegate.lineage import SCHEMA_VERSION, Lineage, LineageError
 
+pytestmark = pytest.mark.unit
+
 
 def test_schema_is_versioned_and_a_newer_file_is_refused(tmp_path):
     db = tmp_path / "l.duckdb"

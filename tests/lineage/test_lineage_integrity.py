@@ -15,6 +15,8 @@ from tunegate.cli import app
 from tunegate.data.verdicts import Verdict
 from tunegate.lineage import Lineage, LineageError
 
+pytestmark = pytest.mark.integration
+
 
 def filled(workspace: Path, rows: int = 100_000) -> Lineage:
     lineage = Lineage(workspace / "lineage.duckdb")

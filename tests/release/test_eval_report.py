@@ -10,6 +10,8 @@ from tunegate.release.gates import GateResult
 from tunegate.release.registry import Decision
 from tunegate.release.report import metric_rows, write_eval_report
 
+pytestmark = pytest.mark.unit
+
 
 def outcome(subject: str, task: str, metric: str, scores: list[float]) -> EvalOutcome:
     samples = [
@@ -62,6 +64,7 @@ def test_report_shows_banner_gates_and_wins_and_losses(evals, tmp_path):
     assert 'src="data:image/png;base64,' in html
 
 
+@pytest.mark.integration
 @needs_chromium
 def test_report_renders_in_headless_chromium(evals, tmp_path):
     path = write_eval_report(tmp_path, "run-1", REFUSED.adapter_id, *evals, GATES, REFUSED)

@@ -22,7 +22,7 @@ PROMPTS = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 
 # Largest logit difference between the merged model (fp32) and the NF4 base + adapter it came

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO
 from typer.testing import CliRunner
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 from tunegate.cli import app
 from tunegate.config import SequentialConfig, parse_config
 from tunegate.release.sizing import items_needed, items_needed_sequential, sizing_problems
+
+pytestmark = pytest.mark.unit
 
 
 def config_file(tmp_path: Path, general_eval: dict, general_gate: dict) -> Path:

@@ -11,6 +11,8 @@ from tunegate.evaluation.stats import mean_interval, paired_difference
 from tunegate.release.gates.general_drop import general_drop_gate
 from tunegate.release.gates.heldout_gain import heldout_gain_gate
 
+pytestmark = pytest.mark.unit
+
 
 def scores(values: list[float]) -> dict[str, float]:
     return {f"item-{i:03d}": v for i, v in enumerate(values)}

@@ -17,6 +17,8 @@ from tunegate.release.gates.general_drop import GeneralDrop, general_drop_gate
 from tunegate.release.stage import gate_and_promote
 from tunegate.training.train import TrainResult
 
+pytestmark = pytest.mark.integration
+
 
 def lora_adapter(base: BaseModel, out: Path, *, random_b: bool, alpha: int = 32) -> TrainResult:
     """A LoRA on every linear layer: B = 0 (peft's init, a no-op) or random (damaging)."""

@@ -15,6 +15,8 @@ from tunegate.release.gates import GateResult
 from tunegate.release.promote import decide_promotion
 from tunegate.release.registry import RegistryError, promote, release_check, rollback
 
+pytestmark = pytest.mark.integration
+
 PASS = GateResult("heldout_gain", "pass", 0.5, 0.2, "gain +0.500 passes")
 FAIL = GateResult("general_piqa", "fail", -0.2, -0.02, "piqa dropped 20 points")
 UNSURE = GateResult("general_arc_easy", "inconclusive", 0.01, -0.02, "arc_easy straddles")

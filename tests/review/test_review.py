@@ -26,6 +26,8 @@ from tunegate.review.guard import Guard
 from tunegate.review.triage import ReviewError, close_review, decide, review_synthetic
 from tunegate.review.web import create_app
 
+pytestmark = pytest.mark.integration
+
 SYSTEM = "Classify the support ticket. Reply with JSON only."
 HUMAN = [
     {"instruction": f"My order A{i:05d} has not arrived yet.",

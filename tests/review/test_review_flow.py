@@ -18,7 +18,6 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.flow_runs import resume_flow_run
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import curate_data
 from flows.review import close_review_queue, triage_synthetic, wait_for_review
@@ -27,7 +26,7 @@ from tunegate.lineage import Lineage
 from tunegate.models import BaseModel
 from tunegate.review.triage import decide
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 SYSTEM = "Classify the support ticket. Reply with JSON only."
 
@@ -55,12 +54,6 @@ def review_flow(config: PipelineConfig, run_id: str, model_dir: str) -> dict[str
     why = wait_for_review(config, lineage, run_id)
     result = close_review_queue(config, lineage, run_id, triage, base, why)  # re-checks edits
     return {"why": why, "accepted": [r.messages[1][1] for r in result.accepted]}
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")

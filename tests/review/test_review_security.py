@@ -22,6 +22,8 @@ from test_review import ALICE, BOB, items_by_row, queued, signed_in  # noqa: F40
 from tunegate.review.guard import Guard, load_tokens
 from tunegate.review.web import bind_warning, create_app
 
+pytestmark = pytest.mark.integration
+
 ORIGIN = "http://127.0.0.1:8765"
 
 
@@ -171,6 +173,7 @@ def test_oversized_and_broken_form_bodies(app):
     unchanged(lineage, run)
 
 
+@pytest.mark.unit
 def test_tokens_file_warning_and_weak_tokens(tmp_path):
     path = tmp_path / "tokens"
     path.write_text("# reviewers\nalice " + ALICE + "\nbob " + BOB + "  # the second\n")

@@ -20,6 +20,8 @@ from tunegate.review.scores import (
     triage,
 )
 
+pytestmark = pytest.mark.unit
+
 CFG = SyntheticConfig()
 ALPACA_EVAL_NULL = SHARED_DATA / "tatsu-lab__alpaca_eval/results/NullModel/model_outputs.json"
 SELF_INSTRUCT = SHARED_DATA / "yizhongw__self-instruct"
@@ -162,6 +164,7 @@ def test_reject_flags_win_and_the_config_decides():
     assert triage(("boilerplate",), lenient) == ACCEPTED
 
 
+@pytest.mark.integration
 def test_perplexity_flags_token_garbage(embedded_model_dir):
     """Real SmolLM2 on CPU, two short rows: garbage scores far above a fluent answer."""
     garbage = chat(

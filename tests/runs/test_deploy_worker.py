@@ -32,7 +32,8 @@ from conftest import REPO
 from prefect_server import PREFECT, PrefectServer, free_port, prefect_server
 from test_pipeline import TUNEGATE, write_pipeline
 
-pytestmark = pytest.mark.slow  # ~3-4 min: a server, a worker and two flow runs in subprocesses
+# ~3-4 min: a server, a worker and two flow runs in subprocesses
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 POOL = "tunegate-test"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

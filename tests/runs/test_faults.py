@@ -19,6 +19,8 @@ from conftest import assert_conserved
 from tunegate.faults import POINTS
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.integration
+
 ROWS = [{"instruction": f"Add {i} and {i + 1}.", "output": f"{i} + {i + 1} = {2 * i + 1}."}
         for i in range(40)] + [{"instruction": "broken"}]  # fmt: skip
 
@@ -39,6 +41,7 @@ def workspace(tmp_path, embedded_model_dir) -> Path:
     return tmp_path
 
 
+@pytest.mark.e2e
 @pytest.mark.slow  # ~1 min a point on 2 busy cores: a real `tunegate curate` twice
 @pytest.mark.parametrize("point", POINTS)
 def test_a_run_killed_at_each_boundary_is_marked_and_the_rerun_conserves(workspace, point):

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from conftest import REPO
 
+pytestmark = pytest.mark.e2e
+
 TUNEGATE = Path(sys.executable).parent / "tunegate"
 
 

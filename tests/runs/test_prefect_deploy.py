@@ -16,6 +16,8 @@ import pytest
 from postgres_server import PostgresUnavailable, postgres_database
 from prefect_server import PrefectServer, prefect_server
 
+pytestmark = pytest.mark.integration
+
 NIGHTS = 3  # the scheduler must have planned at least this many nights ahead
 
 

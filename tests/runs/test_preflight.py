@@ -13,6 +13,8 @@ from tunegate.cli import app
 from tunegate.config import ConfigError
 from tunegate.lineage import Lineage
 
+pytestmark = pytest.mark.unit
+
 ROW = {"instruction": "Say hi.", "output": "Hi there, how can I help you today?"}
 
 

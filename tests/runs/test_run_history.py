@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from html.parser import HTMLParser
 
+import pytest
 from typer.testing import CliRunner
 
 from tunegate.cli import app, shared
@@ -14,6 +15,8 @@ from tunegate.data.verdicts import Verdict
 from tunegate.lineage import Lineage
 from tunegate.runs.history import GateOutcome, Night, changes, run_history
 from tunegate.runs.trends import trends_markdown, write_trends
+
+pytestmark = pytest.mark.unit
 
 HUMAN, SYNTH, NEW = "data/human.jsonl", "data/synthetic.jsonl", "data/partner.jsonl"
 

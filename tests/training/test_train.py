@@ -18,7 +18,7 @@ from conftest import REPO, write_jsonl
 from tunegate.chat import tokenize_chat
 from tunegate.config import PipelineConfig, TrainConfig, parse_config
 from tunegate.hashing import sha256_file
-from tunegate.models import BaseModel, sha256_dir
+from tunegate.models import sha256_dir
 from tunegate.precision import dtype_name, resolve_dtype
 from tunegate.training.checkpoints import last_complete_checkpoint, remove_incomplete
 from tunegate.training.manifest import MANIFEST_KEYS
@@ -54,14 +54,7 @@ CHATS = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_base_model: BaseModel):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_base_model.path)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def labelled_spans(ids: list[int], mask: list[int]) -> list[list[int]]:
@@ -75,6 +68,7 @@ def labelled_spans(ids: list[int], mask: list[int]) -> list[list[int]]:
     return spans
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("messages", CHATS, ids=["system", "default-system", "multi-turn"])
 def test_mask_labels_exactly_the_assistant_turns(tokenizer, messages):
     chat = tokenize_chat(tokenizer, messages)
@@ -87,6 +81,7 @@ def test_mask_labels_exactly_the_assistant_turns(tokenizer, messages):
     assert all(s[-1] == tokenizer.convert_tokens_to_ids(END) for s in spans)
 
 
+@pytest.mark.unit
 def test_row_longer_than_max_length_stops_the_run(tokenizer):
     fits = len(tokenize_chat(tokenizer, CHATS[0]).input_ids)
     assert len(build_dataset(tokenizer, [CHATS[0]], max_length=fits)) == 1
@@ -94,6 +89,7 @@ def test_row_longer_than_max_length_stops_the_run(tokenizer):
         build_dataset(tokenizer, [CHATS[0], CHATS[2]], max_length=fits)
 
 
+@pytest.mark.unit
 def test_conversation_without_assistant_turn_is_refused(tokenizer):
     with pytest.raises(TrainError, match=r"row 1: .*no assistant turn"):
         build_dataset(tokenizer, [CHATS[0][:2]], max_length=512)
@@ -270,6 +266,7 @@ def test_rslora_and_dora_switches_reach_the_adapter(tmp_path, tiny_base_model):
     assert adapter_config["use_rslora"] is True and adapter_config["use_dora"] is True
 
 
+@pytest.mark.unit
 def test_half_written_checkpoints_are_never_resumed_from(tmp_path):
     for step, complete in ((2, True), (4, True), (6, False)):
         path = tmp_path / f"checkpoint-{step}"

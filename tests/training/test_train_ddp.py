@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
+import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, free_port
 from test_train import write_snapshot_file
 
 from tunegate.lineage import Lineage
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.integration
 
 
 def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_base_model):

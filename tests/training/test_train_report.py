@@ -10,7 +10,7 @@ from tunegate.lineage import Lineage
 from tunegate.training.report import CURVE_FILE, training_section
 from tunegate.training.stage import train_recorded
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_recorded_training_keeps_the_loss_curve_and_draws_it(tmp_path, tiny_base_model):
