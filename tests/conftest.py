@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+# tests/ mirrors tunegate/, and a few test modules share helpers across those folders
+# (`from test_train import write_snapshot_file` in tests/release/test_export.py): every folder
+# is importable by module name, as pytest makes a test file's own folder, so a file collected
+# alone finds them too. Test module names are unique across the folders.
+sys.path[:0] = [str(d) for d in sorted(Path(__file__).parent.iterdir())
+                if d.is_dir() and not d.name.startswith(("_", "."))]  # fmt: skip
 
 
 TIERS = ("unit", "integration", "e2e")

@@ -16,6 +16,8 @@ from tunegate.hashing import sha256_file, sha256_source
 from tunegate.models import ModelError, sha256_dir
 from tunegate.release.registry import files_digest
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def sample(tmp_path: Path) -> Path:

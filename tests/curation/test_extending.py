@@ -16,6 +16,8 @@ from tunegate.curation.run import curate
 from tunegate.lineage import Lineage
 from tunegate.runs.summary import funnel_markdown
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -17,6 +17,8 @@ from tunegate.evaluation.sequential import (
     look_sizes,
 )
 
+pytestmark = pytest.mark.unit
+
 ALPHA, MARGIN, SD = 0.05, 0.02, 0.082  # gate defaults; SD: p_gold's paired sd (sizing.py)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 from tunegate.config import parse_config
@@ -17,6 +18,8 @@ from tunegate.release.promote import decide_promotion
 from tunegate.release.registry import release_check
 from tunegate.release.report import write_eval_report
 from tunegate.training.train import TrainResult
+
+pytestmark = pytest.mark.integration
 
 
 def noop_adapter(base: BaseModel, out: Path) -> TrainResult:

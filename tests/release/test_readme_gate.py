@@ -15,6 +15,8 @@ from tunegate.evaluation import evaluate
 from tunegate.evaluation.evaluate import TASK, EvalOutcome, Sample
 from tunegate.release import stage
 
+pytestmark = pytest.mark.unit
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
