@@ -25,9 +25,10 @@ import pyarrow as pa
 from tunegate.data.verdicts import Verdict
 from tunegate.process import Owner, current_owner, is_alive
 
-SCHEMA_VERSION = 5  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
+SCHEMA_VERSION = 6  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
 # 4: eval cache keys and per-sample prompts/scores, adapter file digests on gates and promotions
 # 5: three-valued gates (outcome, bounds, items used), per-choice log-likelihoods per item
+# 6: run owners' heartbeat (a run of another host is reaped when it stops beating)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
   run_id VARCHAR PRIMARY KEY, flow VARCHAR, config_hash VARCHAR, config_json VARCHAR,
   started_at TIMESTAMP, ended_at TIMESTAMP, status VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS run_owners (
-  run_id VARCHAR PRIMARY KEY, pid BIGINT, host VARCHAR, process_start VARCHAR);
+  run_id VARCHAR PRIMARY KEY, pid BIGINT, host VARCHAR, process_start VARCHAR,
+  heartbeat TIMESTAMP);
 CREATE TABLE IF NOT EXISTS stage_runs (
   run_id VARCHAR, stage VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
   status VARCHAR, metrics_json VARCHAR);
@@ -124,6 +126,7 @@ _MIGRATIONS[4] = (
     "UPDATE gate_results SET outcome = CASE WHEN passed THEN 'pass' ELSE 'fail' END "
     "WHERE outcome IS NULL;"
 )
+_MIGRATIONS[5] = "ALTER TABLE run_owners ADD COLUMN IF NOT EXISTS heartbeat TIMESTAMP;"
 # Promotion decisions that move an alias (a `refused` one only records the attempt).
 ALIAS_MOVES = ("promoted", "forced", "rollback")
 
@@ -324,7 +327,8 @@ class Lineage:
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', NULL)",
                 [run_id, flow, config_hash, config_json, now()],
             )
-            con.execute("INSERT INTO run_owners VALUES (?, ?, ?, ?)",
+            con.execute("INSERT INTO run_owners (run_id, pid, host, process_start) "
+                        "VALUES (?, ?, ?, ?)",
                         [run_id, owner.pid, owner.host, owner.start])  # fmt: skip
         return run_id
 
@@ -337,9 +341,10 @@ class Lineage:
 
     def unfinished_runs(self) -> list[dict[str, Any]]:
         """Runs still `running`, oldest first, with their owner (`alive`: True, False, or None
-        when the owner is on another host or unknown) and the verdicts they wrote so far."""
+        when the owner is on another host or unknown), its last heartbeat (None: it never
+        beat) and the verdicts they wrote so far."""
         rows = self.query(
-            "SELECT r.run_id, r.flow, r.started_at, o.pid, o.host, o.process_start, "
+            "SELECT r.run_id, r.flow, r.started_at, o.pid, o.host, o.process_start, o.heartbeat, "
             "(SELECT count(*) FROM row_verdicts v WHERE v.run_id = r.run_id) AS verdicts "
             "FROM runs r LEFT JOIN run_owners o USING (run_id) WHERE r.status = 'running' "
             "ORDER BY r.started_at"
@@ -972,6 +977,17 @@ class Lineage:
             [run_id],
         )
         return {r["status"]: r["n"] for r in rows}
+
+    def beat(self, run_id: str) -> bool:
+        """Refresh a running run's heartbeat (what tells another host its owner still works);
+        False once the run has ended, so the beating thread can stop."""
+        with self._tx() as con:
+            beaten = con.execute(
+                "UPDATE run_owners SET heartbeat = ? WHERE run_id = ? AND run_id IN "
+                "(SELECT run_id FROM runs WHERE status = 'running') RETURNING run_id",
+                [now(), run_id],
+            ).fetchall()
+        return bool(beaten)
 
 
 # DuckDB's buffer limit per connection. Without it, the checkpoint when a connection closes

@@ -42,6 +42,7 @@ from tunegate.data.snapshot import read_snapshot
 from tunegate.models import BaseModel, sha256_dir, sha256_file
 from tunegate.precision import dtype_name, dtype_problem, pick_device, resolve_dtype
 from tunegate.training.checkpoints import (
+    CheckpointFaultPoint,
     checkpoint_dir,
     checkpoint_step,
     job_key,
@@ -505,7 +506,7 @@ def train_adapter(
             eval_dataset=val_set,
             processing_class=tokenizer,
             peft_config=peft_lora_config(config.lora),
-            callbacks=[recorder, ProgressBar()],
+            callbacks=[recorder, ProgressBar(), CheckpointFaultPoint()],
         )
         trainer.remove_callback(ProgressCallback)  # ours shows tokens/s too
         _check_labels(trainer.train_dataset, len(train_set), label_tokens(train_set))
