@@ -4,8 +4,8 @@
 One chain is shared by every boundary (the setup and the Prefect server start once): run k is
 killed at point k, so it also is the rerun of run k - 1, which it has to mark `abandoned` and
 then carry past the point where that one died; the run after the last kill finishes. Each
-run costs a process start: the chain of 8 took 12 min on 2 cores shared with other jobs
-(marked slow).
+run costs a process start: the chain of 8 took 4 min on 2 quiet cores, 12 min on 2 cores
+shared with other jobs (marked slow).
 Smallest config that reaches every boundary: a tiny random Llama, 25 rows, 4 training steps
 with a checkpoint every 2, 4 held-out items, no general suite.
 """
