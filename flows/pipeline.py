@@ -26,6 +26,7 @@ from tunegate.curation.run import CurationResult, curate
 from tunegate.data.snapshot import Snapshot, snapshot_records
 from tunegate.evaluation.evaluate import EvalOutcome
 from tunegate.evaluation.stage import evaluate_recorded
+from tunegate.faults import fault_point
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel, prepare_base_model
 from tunegate.release.gates import GateResult
@@ -33,7 +34,7 @@ from tunegate.release.promote import Decision
 from tunegate.release.report import metric_rows, write_eval_report
 from tunegate.release.stage import gate_and_promote, gate_summary
 from tunegate.runlog import rate, say, stage_line
-from tunegate.runs.guard import open_lineage
+from tunegate.runs.guard import Heartbeat, open_lineage
 from tunegate.runs.history import run_history
 from tunegate.runs.preflight import check_sources, record_failed_start
 from tunegate.runs.summary import (
@@ -241,6 +242,7 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
     lineage = open_lineage(config)
     run_id = lineage.start_run("pipeline", config.config_hash(), config.model_dump_json(), run_id)
     _log(f"lineage run {run_id} in {lineage.path}")
+    Heartbeat(lineage, run_id).start()  # beats until the run ends: another host can tell it lives
     try:
         check_sources(config, config_path)  # a moved file fails here, before the model loads
         base = load_base_model(config, lineage)  # first: curation renders rows with its template
@@ -248,13 +250,19 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
         triage = triage_synthetic(config, lineage, run_id, curation, base)
         why = wait_for_review(config, lineage, run_id)  # pauses while rows wait for a human
         curation = close_review_queue(config, lineage, run_id, triage, base, why)
+        fault_point("curated")  # the kill points of tests/runs/test_pipeline_faults.py
         snap = snapshot_data(config, lineage, run_id, curation)
-        adapter = train_qlora(config, lineage, run_id, base, snap)
+        fault_point("snapshot")
+        adapter = train_qlora(config, lineage, run_id, base, snap)  # + `checkpoint_saved`
+        fault_point("adapter_recorded")
         base_evals = evaluate_heldout(config, lineage, run_id, base, None)
+        fault_point("base_evals")
         adapter_evals = evaluate_heldout(config, lineage, run_id, base, adapter)
         base_evals += evaluate_general(config, lineage, run_id, base, None)
         adapter_evals += evaluate_general(config, lineage, run_id, base, adapter)
+        fault_point("adapter_evals")
         gates, decision = gate_adapter(config, lineage, run_id, adapter, base_evals, adapter_evals)
+        fault_point("gates_recorded")
         eval_report = report_evals(config, run_id, adapter, base_evals, adapter_evals, gates,
                                    decision)  # fmt: skip
     except BaseException as exc:

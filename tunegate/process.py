@@ -2,8 +2,8 @@
 
 A run records its owner (pid, host, and the process's start time, so a reused pid is not
 mistaken for it). The next command on the same host that finds the run still `running` with
-its owner gone marks it `abandoned`. A run owned by another host is left alone: from here
-nobody can tell whether it still works.
+its owner gone marks it `abandoned`. Another host's process cannot be asked from here: its
+run is judged by its heartbeat instead (`tunegate/runs/guard.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Eval lineage: per-sample rows, the base-model cache, and the v3 -> v4 -> v5 schema
+"""Eval lineage: per-sample rows, the base-model cache, and the v3 -> v4 -> v5 -> v6 schema
 migrations."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_a_version_3_lineage_file_gains_the_eval_and_registry_columns(tmp_path):
     )
     con.close()
     lin = Lineage(db)
-    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "6"
+    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "7"
     lin.record_promotion("a1", "production", "promoted", "ok", "ci", "r1", "digest")
     history = lin.alias_history("production")
     assert [(h["adapter_id"], h["files_sha256"]) for h in history] == [
@@ -84,6 +84,28 @@ def test_a_version_4_lineage_file_gains_gate_outcomes_and_choice_logliks(tmp_pat
                     metric="p_gold")  # fmt: skip
     (sample,) = lin.eval_samples("r1", "base", "piqa")
     assert sample["choice_logliks"] == [-3.2, -3.6]
+
+
+def test_a_version_5_lineage_file_gains_the_run_heartbeat(tmp_path):
+    """Owners of version 5 never beat (heartbeat NULL: never reaped by age); new runs do."""
+    db, con = old_lineage_file(tmp_path, 5)
+    con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, flow VARCHAR, config_hash "
+                "VARCHAR, config_json VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, "
+                "status VARCHAR, detail VARCHAR)")  # fmt: skip
+    con.execute("CREATE TABLE run_owners (run_id VARCHAR PRIMARY KEY, pid BIGINT, "
+                "host VARCHAR, process_start VARCHAR)")  # fmt: skip
+    con.execute("INSERT INTO runs VALUES ('r0', 'curate', 'h', '{}', now(), NULL, 'running', "
+                "NULL)")  # fmt: skip
+    con.execute("INSERT INTO run_owners VALUES ('r0', 1, 'other-host', NULL)")
+    con.close()
+    lin = Lineage(db)
+    assert lin.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION) == "7"
+    (old,) = lin.unfinished_runs()
+    assert old["heartbeat"] is None and old["alive"] is None
+    run_id = lin.start_run("curate", "h", "{}")
+    assert lin.beat(run_id) and not lin.beat("r-none")
+    lin.end_run(run_id, "completed")
+    assert not lin.beat(run_id)  # ended: the beating thread stops
 
 
 def test_cached_eval_returns_the_latest_base_scores_for_a_key():

@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import yaml
 from conftest import assert_conserved
 
 from tunegate.faults import POINTS
-from tunegate.lineage import Lineage
+from tunegate.lineage import Lineage, now
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +27,12 @@ ROWS = [{"instruction": f"Add {i} and {i + 1}.", "output": f"{i} + {i + 1} = {2 
         for i in range(40)] + [{"instruction": "broken"}]  # fmt: skip
 
 
+TUNEGATE = Path(sys.executable).parent / "tunegate"
+
+
 def tunegate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunegate.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)  # fmt: skip
+    return subprocess.run([str(TUNEGATE), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)  # fmt: skip
 
 
 @pytest.fixture()
@@ -127,3 +132,55 @@ def test_only_runs_whose_process_is_gone_are_reaped(tmp_path):
         {}["boom"]  # a bug in a stage
     (row,) = lineage.query("SELECT status, detail FROM runs WHERE run_id = ?", [runs["alive"]])
     assert row == {"status": "failed", "detail": "KeyError: 'boom'"}
+
+
+def test_a_run_of_another_host_is_reaped_once_its_heartbeat_is_stale(tmp_path):
+    from tunegate.runs.guard import STALE_AFTER_S, reap_abandoned
+
+    lineage = Lineage(tmp_path / "lineage.duckdb")
+    runs = {name: lineage.start_run(name, "h", "{}") for name in ("stale", "fresh", "silent")}
+    lineage.query("UPDATE run_owners SET host = 'other-host', pid = 1")  # alive: cannot tell
+    lineage.query("UPDATE run_owners SET heartbeat = ? WHERE run_id = ?",
+                  [now() - timedelta(seconds=STALE_AFTER_S + 60), runs["stale"]])  # fmt: skip
+    assert lineage.beat(runs["fresh"])  # "silent" never beat: an older tunegate, left alone
+    training = lineage.start_training(runs["stale"], "s", "h", 0, "b")
+    half = tmp_path / "adapters" / f"{training}.partial"
+    half.mkdir(parents=True)  # the adapter its training was saving when the host went down
+    assert reap_abandoned(lineage, tmp_path) == [runs["stale"]]
+    rows = {r["run_id"]: r for r in lineage.query("SELECT run_id, status, detail FROM runs")}
+    assert {k: rows[v]["status"] for k, v in runs.items()} == {
+        "stale": "abandoned", "fresh": "running", "silent": "running"}  # fmt: skip
+    assert "no heartbeat since" in rows[runs["stale"]]["detail"]
+    assert "other-host" in rows[runs["stale"]]["detail"]
+    assert not half.exists()
+    (t,) = lineage.query("SELECT status FROM training_runs")
+    assert t["status"] == "abandoned"
+
+
+def test_a_guarded_run_beats_while_it_lives_and_stops_when_it_ends(tmp_path):
+    from tunegate.runs.guard import Heartbeat, guard_run
+
+    lineage = Lineage(tmp_path / "lineage.duckdb")
+    run_id = lineage.start_run("curate", "h", "{}")
+
+    def heartbeats(n: int) -> list[object]:
+        seen: list[object] = []
+        deadline = time.monotonic() + 10
+        while len(set(seen)) < n and time.monotonic() < deadline:
+            (row,) = lineage.query("SELECT heartbeat FROM run_owners WHERE run_id = ?", [run_id])
+            if row["heartbeat"] is not None:
+                seen.append(row["heartbeat"])
+            time.sleep(0.02)
+        return sorted(set(seen))
+
+    with guard_run(lineage, run_id, heartbeat_s=0.05):
+        beats = heartbeats(3)
+    assert len(beats) == 3 and beats[0] < beats[-1]  # it advances
+    last = heartbeats(1)[-1]
+    time.sleep(0.2)
+    assert heartbeats(1)[-1] == last  # the guard stopped it
+    beating = Heartbeat(lineage, run_id, every_s=0.05)  # the pipeline's: stops when the run ends
+    beating.start()
+    lineage.end_run(run_id, "completed")
+    beating.join(timeout=5)
+    assert not beating.is_alive()

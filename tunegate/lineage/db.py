@@ -22,10 +22,11 @@ from typing import Any, Self
 import duckdb
 import pyarrow as pa
 
-SCHEMA_VERSION = 6  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
+SCHEMA_VERSION = 7  # 2: synthetic scores and the human review queue; 3: verdict matches, raw rows;
 # 4: eval cache keys and per-sample prompts/scores, adapter file digests on gates and promotions
 # 5: three-valued gates (outcome, bounds, items used), per-choice log-likelihoods per item
 # 6: the sequential look a gate decision was read at (look, looks)
+# 7: run owners' heartbeat (a run of another host is reaped when it stops beating)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
   run_id VARCHAR PRIMARY KEY, flow VARCHAR, config_hash VARCHAR, config_json VARCHAR,
   started_at TIMESTAMP, ended_at TIMESTAMP, status VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS run_owners (
-  run_id VARCHAR PRIMARY KEY, pid BIGINT, host VARCHAR, process_start VARCHAR);
+  run_id VARCHAR PRIMARY KEY, pid BIGINT, host VARCHAR, process_start VARCHAR,
+  heartbeat TIMESTAMP);
 CREATE TABLE IF NOT EXISTS stage_runs (
   run_id VARCHAR, stage VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
   status VARCHAR, metrics_json VARCHAR);
@@ -126,6 +128,7 @@ _MIGRATIONS[5] = (
     "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS look BIGINT; "
     "ALTER TABLE gate_results ADD COLUMN IF NOT EXISTS looks BIGINT;"
 )
+_MIGRATIONS[6] = "ALTER TABLE run_owners ADD COLUMN IF NOT EXISTS heartbeat TIMESTAMP;"
 
 
 class LineageError(RuntimeError):

@@ -23,7 +23,8 @@ class RunRecords(LineageDatabase):
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', NULL)",
                 [run_id, flow, config_hash, config_json, now()],
             )
-            con.execute("INSERT INTO run_owners VALUES (?, ?, ?, ?)",
+            con.execute("INSERT INTO run_owners (run_id, pid, host, process_start) "
+                        "VALUES (?, ?, ?, ?)",
                         [run_id, owner.pid, owner.host, owner.start])  # fmt: skip
         return run_id
 
@@ -36,9 +37,10 @@ class RunRecords(LineageDatabase):
 
     def unfinished_runs(self) -> list[dict[str, Any]]:
         """Runs still `running`, oldest first, with their owner (`alive`: True, False, or None
-        when the owner is on another host or unknown) and the verdicts they wrote so far."""
+        when the owner is on another host or unknown), its last heartbeat (None: it never
+        beat) and the verdicts they wrote so far."""
         rows = self.query(
-            "SELECT r.run_id, r.flow, r.started_at, o.pid, o.host, o.process_start, "
+            "SELECT r.run_id, r.flow, r.started_at, o.pid, o.host, o.process_start, o.heartbeat, "
             "(SELECT count(*) FROM row_verdicts v WHERE v.run_id = r.run_id) AS verdicts "
             "FROM runs r LEFT JOIN run_owners o USING (run_id) WHERE r.status = 'running' "
             "ORDER BY r.started_at"
@@ -62,6 +64,17 @@ class RunRecords(LineageDatabase):
         """A run's status (`running`, `completed`, `abandoned`...); None: no such run."""
         rows = self.query("SELECT status FROM runs WHERE run_id = ?", [run_id])
         return rows[0]["status"] if rows else None
+
+    def beat(self, run_id: str) -> bool:
+        """Refresh a running run's heartbeat (what tells another host its owner still works);
+        False once the run has ended, so the beating thread can stop."""
+        with self._tx() as con:
+            beaten = con.execute(
+                "UPDATE run_owners SET heartbeat = ? WHERE run_id = ? AND run_id IN "
+                "(SELECT run_id FROM runs WHERE status = 'running') RETURNING run_id",
+                [now(), run_id],
+            ).fetchall()
+        return bool(beaten)
 
     def record_stage(
         self, run_id: str, stage: str, started_at: datetime, status: str, metrics: dict[str, Any]

@@ -13,6 +13,11 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tunegate.faults import fault_point
 
 # The trainer writes this file last, after weights, optimizer, scheduler and RNG states.
 STATE_FILE = "trainer_state.json"
@@ -69,3 +74,11 @@ def checkpoint_step(path: Path) -> int:
     if match is None:
         raise ValueError(f"{path} is not a checkpoint directory")
     return int(match.group(1))
+
+
+class CheckpointFaultPoint(TrainerCallback):
+    """The `checkpoint_saved` fault point: the trainer calls `on_save` once a checkpoint is
+    whole, so a kill there leaves exactly what a resume has to pick up."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        fault_point("checkpoint_saved")

@@ -44,6 +44,7 @@ from tunegate.hashing import sha256_file
 from tunegate.models import BaseModel, sha256_dir
 from tunegate.precision import dtype_name, dtype_problem, pick_device, resolve_dtype
 from tunegate.training.checkpoints import (
+    CheckpointFaultPoint,
     checkpoint_dir,
     checkpoint_step,
     job_key,
@@ -530,7 +531,7 @@ def train_adapter(
             eval_dataset=val_set,
             processing_class=tokenizer,
             peft_config=peft_lora_config(config.lora, trainable_token_indices(model, rows)),
-            callbacks=[recorder, ProgressBar()],
+            callbacks=[recorder, ProgressBar(), CheckpointFaultPoint()],
         )
         trainer.remove_callback(ProgressCallback)  # ours shows tokens/s too
         try:
