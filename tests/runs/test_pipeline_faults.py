@@ -33,6 +33,8 @@ from tunegate.lineage import Lineage
 TUNEGATE = Path(sys.executable).parent / "tunegate"
 N_GOOD = 24
 N_ROWS = N_GOOD + 1  # one row without an answer: a `schema` verdict, so conservation is not trivial
+pytestmark = pytest.mark.e2e
+
 ONCE_PER_RUN = {"eval_results": "subject, task, metric", "gate_results": "gate"}  # row keys
 
 
