@@ -5,6 +5,7 @@
     python bench/eval.py --limit 40 --batch-sizes 8,16,32 --base-only   # batch-size sweep
     python bench/eval.py --adapter DIR       # a trained adapter instead of a random one
     python bench/eval.py --compare-dtypes    # base model in fp32 and in bf16: agreement, speed
+    python bench/eval.py --compare-backends --limit 40   # lm-eval's HF backend vs shared prefix
 
 For each subject (the base model, then base + adapter, merged as the pipeline merges it) it
 runs the held-out task (generation + reference log-likelihood, 80 items) and the general
@@ -17,8 +18,14 @@ one costs, and it damages the model, so the general gate should refuse it.
 `--compare-dtypes` evaluates the base model's general suite once in fp32 and once in bf16
 (emulated where the CPU has no bf16 instructions: correct, only slow) and prints, per task, the
 share of items where both pick the same choice, the paired mean difference of the gated metric
-with its 95% interval (agreement within noise: the interval holds 0), and the speed-up. Every
-table names the CPU kind it was measured on.
+with its 95% interval (agreement within noise: the interval holds 0), and the speed-up.
+
+`--compare-backends` scores the same items of each general task with the base model in fp32,
+once with lm-eval's HF backend (as `eval.general.backend: lm_eval` runs it) and once with the
+shared-prefix backend, one model load, task by task, and prints per task the wall time and
+items/s of each, the share of items where both pick the same choice (>= 99.5% required: exit
+1 otherwise) and the largest per-choice log-likelihood difference. Every table names the CPU
+kind it was measured on.
 """
 
 from __future__ import annotations
@@ -28,13 +35,22 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tunegate.config import load_config  # noqa: E402
-from tunegate.evaluation.evaluate import EvalOutcome, evaluate, general_tasks, heldout_tasks  # noqa: E402
+from tunegate.evaluation.evaluate import (  # noqa: E402
+    EvalOutcome,
+    evaluate,
+    general_tasks,
+    heldout_tasks,
+    load_model,
+    run_tasks,
+    to_outcome,
+)
 from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
 from tunegate.precision import cpu_kind  # noqa: E402
 from tunegate.release.gates.general_drop import GeneralDrop  # noqa: E402
@@ -110,6 +126,46 @@ def compare_dtypes(base: BaseModel, config, limit: int) -> dict[str, object]:
     return {"cpu": cpu_kind(), "tasks": rows, "fp32_seconds": fp32_s, "bf16_seconds": bf16_s}
 
 
+def compare_backends(base: BaseModel, config, limit: int) -> dict[str, object]:
+    """The base model's general suite with lm-eval's HF backend and the shared-prefix one, fp32,
+    the same items, one model load; each task is its own run so its wall time is its own."""
+    cfg = config.model_copy(update={"eval": config.eval.model_copy(update={
+        "compute_dtype": "float32",
+        "general": config.eval.general.model_copy(update={"limit": limit})})})  # fmt: skip
+    model, tokenizer = load_model(base.path, None, "float32", cfg)
+    print(f"\nCPU: {cpu_kind()}\n")
+    print("| task | items | lm_eval s | items/s | shared_prefix s | items/s | speed-up "
+          "| same choice | max abs diff loglik |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for task in general_tasks(cfg):
+        runs = {}
+        for backend in ("lm_eval", "shared_prefix"):
+            chosen = replace(task, backend=backend)
+            results, seconds = run_tasks(model, tokenizer, [chosen])
+            runs[backend] = to_outcome(results, chosen, subject="base", seconds=seconds)
+        ref, fast = runs["lm_eval"], runs["shared_prefix"]
+        pairs = list(zip(ref.samples, fast.samples, strict=True))
+        same = sum(a.prediction == b.prediction for a, b in pairs) / len(pairs)
+        diff = max(abs(x - y) for a, b in pairs
+                   for x, y in zip(a.choice_logliks, b.choice_logliks, strict=True))  # fmt: skip
+        rows.append({"task": task.name, "n": ref.n, "lm_eval_seconds": ref.seconds,
+                     "shared_prefix_seconds": fast.seconds, "same_choice": same,
+                     "max_loglik_diff": diff})  # fmt: skip
+        print(f"| {task.name.removeprefix('tunegate_')} | {ref.n} | {ref.seconds:.1f} | "
+              f"{ref.n / ref.seconds:.2f} | {fast.seconds:.1f} | {fast.n / fast.seconds:.2f} | "
+              f"{ref.seconds / fast.seconds:.2f}x | {same:.1%} | {diff:.1e} |",
+              flush=True)  # fmt: skip
+    items = sum(r["n"] for r in rows)
+    slow = sum(r["lm_eval_seconds"] for r in rows)
+    fast = sum(r["shared_prefix_seconds"] for r in rows)
+    same = sum(r["same_choice"] * r["n"] for r in rows) / items
+    print(f"\nall tasks: lm_eval {slow:.1f} s ({items / slow:.2f} items/s), shared_prefix "
+          f"{fast:.1f} s ({items / fast:.2f} items/s): {slow / fast:.2f}x; same choice "
+          f"{same:.1%} ({'ok' if same >= 0.995 else 'BELOW 99.5%'})")  # fmt: skip
+    return {"cpu": cpu_kind(), "limit": limit, "tasks": rows, "same_choice": same}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "pipeline.yaml"))
@@ -122,6 +178,10 @@ def main() -> int:
     parser.add_argument(
         "--compare-dtypes", action="store_true", help="base model in fp32 and bf16, per item"
     )
+    parser.add_argument(
+        "--compare-backends", action="store_true",
+        help="base model, fp32: lm-eval's HF backend vs shared prefix, per item",
+    )  # fmt: skip
     args = parser.parse_args()
 
     config = load_config(args.config)
@@ -132,6 +192,11 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return 0
+    if args.compare_backends:
+        results = compare_backends(base, config, args.limit)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0 if results["same_choice"] >= 0.995 else 1
     sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [None]
     results: dict[str, object] = {"limit": args.limit, "runs": []}
     for batch_size in sizes:

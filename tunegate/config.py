@@ -480,6 +480,14 @@ class GeneralEvalConfig(Section):
         "too small for the general gate to be conclusive and says the N needed.",
     )  # fmt: skip
     batch_size: int = Field(16, ge=1, description="Log-likelihood requests per forward pass.")
+    backend: Literal["lm_eval", "shared_prefix"] = Field(
+        "lm_eval",
+        description="What computes the choices' log-likelihoods. lm_eval: lm-eval's HF backend, "
+        "one sequence per (context, choice). shared_prefix: one forward pass per context, its "
+        "choices packed behind it (`tunegate/evaluation/shared_prefix.py`); the same prompts, "
+        "tokens and metrics, equal to lm_eval within float rounding (bench/eval.py "
+        "--compare-backends). Part of the base scores' cache key.",
+    )
     sequential: SequentialConfig = SequentialConfig()
 
     @field_validator("tasks")

@@ -72,6 +72,7 @@ class EvalTask:
     batch_size: int
     dtype: str  # "bfloat16" or "float32": both subjects run in it
     max_new_tokens: int | None = None  # generation tasks only
+    backend: str = "lm_eval"  # eval.general.backend: what computes log-likelihoods
 
     @property
     def primary(self) -> str:
@@ -81,7 +82,8 @@ class EvalTask:
         """What, besides the model and the files, decides this task's scores."""
         return {"task": self.name, "chat": self.chat, "limit": self.limit,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
-                "dtype": self.dtype, "metrics": sorted(self.metrics)}  # fmt: skip
+                "dtype": self.dtype, "metrics": sorted(self.metrics),
+                "backend": self.backend}  # fmt: skip
 
 
 class Sample(NamedTuple):
@@ -132,7 +134,8 @@ def general_tasks(config: PipelineConfig) -> list[EvalTask]:
     metrics = (metric, *(m for m in GENERAL_METRICS if m != metric))
     return [
         EvalTask(f"tunegate_{name}", GENERAL_TASKS_DIR / f"{name}.yaml",
-                 GENERAL_DATA_DIR / f"{name}.jsonl", metrics, False, g.limit, g.batch_size, dtype)
+                 GENERAL_DATA_DIR / f"{name}.jsonl", metrics, False, g.limit, g.batch_size, dtype,
+                 backend=g.backend)
         for name in g.tasks
     ]  # fmt: skip
 
@@ -183,7 +186,7 @@ def evaluate(
     # 3. One lm-eval run per group of tasks that share the prompt style and settings.
     groups: dict[tuple[Any, ...], list[EvalTask]] = {}
     for task in tasks:
-        key = (task.chat, task.limit, task.batch_size, task.max_new_tokens)
+        key = (task.chat, task.limit, task.batch_size, task.max_new_tokens, task.backend)
         groups.setdefault(key, []).append(task)
     outcomes = []
     for group in groups.values():
@@ -236,8 +239,11 @@ def run_tasks(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from tunegate.evaluation.shared_prefix import SharedPrefixLM
+
     first = tasks[0]
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=first.batch_size)
+    backend = SharedPrefixLM if first.backend == "shared_prefix" else HFLM
+    lm = backend(pretrained=model, tokenizer=tokenizer, batch_size=first.batch_size)
     gen = first.max_new_tokens  # generation tasks only (the groups never mix them with others)
     with tempfile.TemporaryDirectory(prefix="tunegate-eval-") as include_dir:
         for task in tasks:
