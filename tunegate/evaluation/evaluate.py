@@ -79,11 +79,13 @@ class EvalTask:
         return self.metrics[0]
 
     def settings(self) -> dict[str, Any]:
-        """What, besides the model and the files, decides this task's scores."""
-        return {"task": self.name, "chat": self.chat, "limit": self.limit,
-                "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
-                "dtype": self.dtype, "metrics": sorted(self.metrics),
-                "backend": self.backend}  # fmt: skip
+        """What, besides the model and the files, decides this task's scores. The backend is
+        named only when it is not lm-eval's own, so base scores cached before it existed keep
+        their key."""
+        settings = {"task": self.name, "chat": self.chat, "limit": self.limit,
+                    "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
+                    "dtype": self.dtype, "metrics": sorted(self.metrics)}  # fmt: skip
+        return settings if self.backend == "lm_eval" else {**settings, "backend": self.backend}
 
 
 class Sample(NamedTuple):
