@@ -118,7 +118,10 @@ def test_worker_runs_due_nights_to_completed_and_failed(tmp_path, tiny_base_mode
         assert notify.returncode == 0, notify.stdout + notify.stderr
         assert server.cli("work-pool", "create", POOL, "--type", "process").returncode == 0
 
-        due = datetime.now(UTC) + timedelta(seconds=20)
+        # Prefect's scheduler creates runs from now on: a `due` that passes while `prefect
+        # deploy` starts (tens of seconds on 2 busy cores: it imports the flow) is skipped to
+        # the next interval, an hour later. Two minutes of lead hold under load.
+        due = datetime.now(UTC) + timedelta(seconds=120)
         spec = write_deployments(tmp_path / "prefect.yaml", {"tiny": tiny, "broken": broken}, due)
         deployed = server.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(spec))
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
