@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import ndtr
 
-from tunegate.evaluation.stats import Interval
+from tunegate.evaluation.stats import Interval, three_way
 
 Spending = Literal["obrien_fleming", "pocock"]
 _GRID = 2001  # integration grid points per look: c_k within 1e-4 of gsDesign's (tests)
@@ -165,8 +165,5 @@ def normal_bounds(diff: Sequence[float], z: float) -> Interval:
 def look_outcome(diff: Sequence[float], z: float, threshold: float) -> str | None:
     """`pass` or `fail` when this look is conclusive at `threshold` (-max_drop), else None."""
     bounds = normal_bounds(diff, z)
-    if bounds.low >= threshold:
-        return "pass"
-    if bounds.high < threshold:
-        return "fail"
-    return None
+    verdict = three_way(bounds.low, bounds.high, threshold)
+    return None if verdict == "inconclusive" else verdict

@@ -10,8 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
+
+Outcome = Literal["pass", "fail", "inconclusive"]
+
+
+def three_way(low: float, high: float, threshold: float) -> Outcome:
+    """The decision an interval supports against `threshold`: `pass` when it is wholly at or
+    above, `fail` when wholly below, `inconclusive` when it straddles it. The gates and the
+    sequential looks both decide here."""
+    if low >= threshold:
+        return "pass"
+    if high < threshold:
+        return "fail"
+    return "inconclusive"
 
 
 @dataclass(frozen=True)

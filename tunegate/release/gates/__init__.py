@@ -21,16 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tunegate.evaluation.sequential import Look
-from tunegate.evaluation.stats import Interval, paired_difference
+from tunegate.evaluation.stats import Interval, Outcome, paired_difference
+from tunegate.evaluation.stats import three_way as three_way  # the gates' toolkit, re-exported
 
 if TYPE_CHECKING:
     from tunegate.config import PipelineConfig
     from tunegate.evaluation.evaluate import EvalOutcome
 
-Outcome = Literal["pass", "fail", "inconclusive"]
 OUTCOMES: tuple[Outcome, ...] = ("pass", "fail", "inconclusive")
 
 
@@ -71,16 +71,6 @@ class Gate(Protocol):
 def per_item(o: EvalOutcome, metric: str) -> dict[str, float]:
     """item id -> one metric of that item."""
     return {s.item_id: s.scores[metric] for s in o.samples}
-
-
-def three_way(low: float, high: float, threshold: float) -> Outcome:
-    """`pass` when the whole interval is at or above `threshold`, `fail` when it is all
-    below, `inconclusive` when it straddles it."""
-    if low >= threshold:
-        return "pass"
-    if high < threshold:
-        return "fail"
-    return "inconclusive"
 
 
 def paired_bounds(
