@@ -101,7 +101,7 @@ def test_model_chat_format_settings_are_validated(tmp_path):
 
 
 def test_general_eval_tasks_are_the_yamls_of_evals_tasks_general(tmp_path):
-    from tunegate.evaluation.evaluate import available_general_tasks
+    from tunegate.config import available_general_tasks
 
     assert available_general_tasks() == ["arc_easy", "hellaswag", "piqa"]
     ok = parse_config({"data": {"sources": [{"path": "x"}]}, "eval": {"general": {"tasks": []}}})

@@ -23,6 +23,9 @@ from pydantic import (
 )
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+# The shipped lm-eval tasks: `eval.general.tasks` names one YAML of GENERAL_TASKS_DIR each.
+EVALS_DIR = Path(__file__).resolve().parents[1] / "evals"
+GENERAL_TASKS_DIR = EVALS_DIR / "tasks" / "general"
 
 
 class Section(BaseModel):
@@ -423,12 +426,17 @@ class TrainConfig(Section):
     )
 
 
+def available_general_tasks() -> list[str]:
+    """Names `eval.general.tasks` may hold: one per `evals/tasks/general/<name>.yaml`, the
+    definition the eval runs (its data is `evals/data/general/<name>.jsonl`). Read from the
+    folder, not from the evaluation package, so loading a config stays light."""
+    return sorted(p.stem for p in GENERAL_TASKS_DIR.glob("*.yaml"))
+
+
 def known_general_task(name: str) -> str:
     """`name` if `evals/tasks/general/<name>.yaml` exists (the file the eval runs), else an
     error naming the value and the tasks there are (the key path is added by `parse_config`):
     a new general task is a new YAML there, not a change here."""
-    from tunegate.evaluation.evaluate import available_general_tasks
-
     available = available_general_tasks()
     if name not in available:
         raise ValueError(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tunegate import config as settings
 from tunegate.config import ConfigError, parse_config
 from tunegate.evaluation import evaluate
 from tunegate.evaluation.evaluate import TASK, EvalOutcome, Sample
@@ -65,10 +66,10 @@ def test_the_example_general_task_is_accepted_once_its_yaml_is_there(tmp_path, m
     general = {"eval": {"general": {"tasks": ["piqa", "sciq"]}}}
     with pytest.raises(ConfigError, match="unknown general eval task 'sciq'"):
         parse_config({"data": {"sources": [{"path": "x"}]}, **general})
-    for path in evaluate.GENERAL_TASKS_DIR.glob("*.yaml"):
+    for path in settings.GENERAL_TASKS_DIR.glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "sciq.yaml").write_text(spec)
-    monkeypatch.setattr(evaluate, "GENERAL_TASKS_DIR", tmp_path)
+    monkeypatch.setattr(settings, "GENERAL_TASKS_DIR", tmp_path)
     config = parse_config({"data": {"sources": [{"path": "x"}]}, **general})
     assert [t.yaml for t in evaluate.general_tasks(config)] == [
         tmp_path / "piqa.yaml",

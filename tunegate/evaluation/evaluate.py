@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from tunegate import config as settings
 from tunegate.chat import ChatError, end_of_turn, load_tokenizer
 from tunegate.config import PipelineConfig
 from tunegate.evaluation.sequential import Look
@@ -40,10 +41,8 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-REPO = Path(__file__).resolve().parents[2]
-TASKS_DIR = REPO / "evals" / "tasks"
-GENERAL_TASKS_DIR = TASKS_DIR / "general"
-GENERAL_DATA_DIR = REPO / "evals" / "data" / "general"
+TASKS_DIR = settings.EVALS_DIR / "tasks"
+GENERAL_DATA_DIR = settings.EVALS_DIR / "data" / "general"
 
 TASK = "tunegate_heldout"
 LOGLIK_TASK = "tunegate_heldout_loglik"
@@ -135,17 +134,11 @@ def general_tasks(config: PipelineConfig) -> list[EvalTask]:
     metric = config.gates.general.metric
     metrics = (metric, *(m for m in GENERAL_METRICS if m != metric))
     return [
-        EvalTask(f"tunegate_{name}", GENERAL_TASKS_DIR / f"{name}.yaml",
+        EvalTask(f"tunegate_{name}", settings.GENERAL_TASKS_DIR / f"{name}.yaml",
                  GENERAL_DATA_DIR / f"{name}.jsonl", metrics, False, g.limit, g.batch_size, dtype,
                  backend=g.backend)
         for name in g.tasks
     ]  # fmt: skip
-
-
-def available_general_tasks() -> list[str]:
-    """Names `eval.general.tasks` may hold: one per `evals/tasks/general/<name>.yaml`, the
-    definition `general_tasks` runs (its data is `evals/data/general/<name>.jsonl`)."""
-    return sorted(p.stem for p in GENERAL_TASKS_DIR.glob("*.yaml"))
 
 
 def eval_dtype(config: PipelineConfig) -> str:
