@@ -29,21 +29,24 @@ class RegistryRecords(LineageDatabase):
         low: float | None = None,
         high: float | None = None,
         n_items: int | None = None,
+        look: int | None = None,
+        looks: int | None = None,
     ) -> None:
         """One gate's verdict; `files_sha256` is the digest of the adapter files it judged.
 
         `outcome` is pass, fail or inconclusive (default: from `passed`); `passed` is stored as
         "outcome is pass", so a reader that knows only pass/fail never takes inconclusive for
-        pass. `low`/`high` are the confidence bounds, `n_items` the items the decision used.
+        pass. `low`/`high` are the confidence bounds, `n_items` the items the decision used,
+        `look` of `looks` the sequential look it was read at (None: one fixed-size test).
         """
         outcome = outcome or ("pass" if passed else "fail")
         with self._tx() as con:
             con.execute(
                 "INSERT INTO gate_results (run_id, adapter_id, gate, passed, value, threshold, "
-                "reason, created_at, files_sha256, outcome, low, high, n_items) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, created_at, files_sha256, outcome, low, high, n_items, look, looks) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [run_id, adapter_id, gate, outcome == "pass", value, threshold, reason, now(),
-                 files_sha256, outcome, low, high, n_items],
+                 files_sha256, outcome, low, high, n_items, look, looks],
             )  # fmt: skip
 
     def latest_gates(self, adapter_id: str) -> list[dict[str, Any]]:
@@ -55,17 +58,6 @@ class RegistryRecords(LineageDatabase):
             "  SELECT run_id FROM gate_results WHERE adapter_id = ? "
             "  ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
         )  # fmt: skip
-
-    def record_gate_look(
-        self, run_id: str, adapter_id: str, gate: str, look: int, looks: int
-    ) -> None:
-        """Mark a recorded gate verdict as read at sequential look `look` of `looks`."""
-        with self._tx() as con:
-            con.execute(
-                "UPDATE gate_results SET look = ?, looks = ? "
-                "WHERE run_id = ? AND adapter_id = ? AND gate = ?",
-                [look, looks, run_id, adapter_id, gate],
-            )
 
     def gate_items(self, adapter_id: str) -> list[dict[str, Any]]:
         """Items each gate of the adapter's latest gated run used, and the sequential look it

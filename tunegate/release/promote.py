@@ -27,10 +27,9 @@ def decide_promotion(
     digest = files_digest(adapter_dir)
     for g in gates:
         lineage.record_gate(run_id, adapter_id, g.gate, g.passed, g.value, g.threshold, g.reason,
-                            digest, outcome=g.outcome, low=g.low, high=g.high,
-                            n_items=g.n)  # fmt: skip
-        if g.look is not None:
-            lineage.record_gate_look(run_id, adapter_id, g.gate, g.look.index, g.look.looks)
+                            digest, outcome=g.outcome, low=g.low, high=g.high, n_items=g.n,
+                            look=g.look.index if g.look else None,
+                            looks=g.look.looks if g.look else None)  # fmt: skip
     if not gates:
         reason = "refused: no gate ran, nothing vouches for this adapter"
         lineage.record_promotion(adapter_id, alias, "refused", reason, actor(), run_id)
