@@ -50,22 +50,16 @@ class RegistryRecords(LineageDatabase):
             )  # fmt: skip
 
     def latest_gates(self, adapter_id: str) -> list[dict[str, Any]]:
-        """The gate verdicts of the latest run that gated this adapter (empty: never gated)."""
+        """The gate verdicts of the latest run that gated this adapter (empty: never gated),
+        with the items each used and the sequential look it stopped at (look None: every
+        item, one fixed-size test)."""
         return self.query(
             "SELECT run_id, gate, passed, coalesce(outcome, CASE WHEN passed THEN 'pass' "
-            "ELSE 'fail' END) AS outcome, value, threshold, reason, files_sha256, created_at "
+            "ELSE 'fail' END) AS outcome, value, threshold, reason, files_sha256, created_at, "
+            "n_items, look, looks "
             "FROM gate_results WHERE adapter_id = ? AND run_id = ("
             "  SELECT run_id FROM gate_results WHERE adapter_id = ? "
             "  ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
-        )  # fmt: skip
-
-    def gate_items(self, adapter_id: str) -> list[dict[str, Any]]:
-        """Items each gate of the adapter's latest gated run used, and the sequential look it
-        stopped at (look/looks None: every item, one fixed-size test)."""
-        return self.query(
-            "SELECT gate, n_items, look, looks FROM gate_results WHERE adapter_id = ? "
-            "AND run_id = (SELECT run_id FROM gate_results WHERE adapter_id = ? "
-            "ORDER BY created_at DESC LIMIT 1) ORDER BY created_at", [adapter_id, adapter_id]
         )  # fmt: skip
 
     def record_promotion(

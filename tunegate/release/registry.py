@@ -258,13 +258,14 @@ def release_check(lineage: Lineage, *, alias: str | None = None, ref: str | None
         )
         return Check(False, why, adapter_id)
     problems = gate_problems(lineage, adapter_id, digest, accept_inconclusive=bool(accepted))
-    unaccepted = set(inconclusive_gates(lineage, adapter_id)) - accepted
+    inconclusive = set(inconclusive_gates(lineage, adapter_id))
+    unaccepted = inconclusive - accepted
     problems += [f"gate {g} inconclusive, not accepted for this alias" for g in sorted(unaccepted)
                  if accepted]  # fmt: skip
     if problems:
         return Check(False, f"{name}: " + "; ".join(problems), adapter_id)
     n = len(lineage.latest_gates(adapter_id))
-    taken = sorted(set(inconclusive_gates(lineage, adapter_id)) & accepted)
+    taken = sorted(inconclusive & accepted)
     items = items_used(lineage, adapter_id)
     if taken:
         return Check(True, f"{name}: files match the registry, gates passed but {', '.join(taken)}"
@@ -277,5 +278,5 @@ def items_used(lineage: Lineage, adapter_id: str) -> str:
     rested on, so a release log shows which gates stopped early (empty if none recorded)."""
     parts = [f"{g['gate']} {g['n_items']}" + (f" at look {g['look']} of {g['looks']}"
              if g["look"] is not None else "")
-             for g in lineage.gate_items(adapter_id) if g["n_items"] is not None]  # fmt: skip
+             for g in lineage.latest_gates(adapter_id) if g["n_items"] is not None]  # fmt: skip
     return f" (items: {', '.join(parts)})" if parts else ""
