@@ -25,7 +25,7 @@ from tunegate.curation.report import stage_funnel_markdown
 from tunegate.curation.run import CurationResult, curate
 from tunegate.data.snapshot import Snapshot, snapshot_records
 from tunegate.evaluation.evaluate import EvalOutcome
-from tunegate.evaluation.stage import evaluate_recorded
+from tunegate.evaluation.stage import evaluate_general_recorded, evaluate_recorded
 from tunegate.faults import fault_point
 from tunegate.lineage import Lineage, now
 from tunegate.models import BaseModel, prepare_base_model
@@ -133,46 +133,47 @@ def train_qlora(
     return result
 
 
-def _evaluate(
-    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel,
-    adapter: TrainResult | None, suite: str,
-) -> list[EvalOutcome]:  # fmt: skip
-    started = now()
-    outcomes = evaluate_recorded(config, lineage, run_id, base, adapter, suite)
-    subject = "base" if adapter is None else "adapter"
-    items, seconds = sum(o.n for o in outcomes), _seconds(started)  # model loading included
-    dtype = outcomes[0].dtype if outcomes else "-"
-    done = (f"in {seconds:.1f} s, {rate(items, seconds, 'items')}"
-            if any(o.seconds for o in outcomes)
-            else "reused from an earlier run (same cache key)")  # fmt: skip
-    say(stage_line("eval", f"{suite} {subject}: {items:,} items ({dtype}) {done}"))
-    _stage(
-        lineage,
-        run_id,
-        f"eval_{suite}_{subject}",
-        started,
-        n={o.task: o.n for o in outcomes},
-        seconds={o.task: o.seconds for o in outcomes},
-    )
-    return outcomes
-
-
 @task(cache_policy=NO_CACHE)
 def evaluate_heldout(
     config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel,
     adapter: TrainResult | None,
 ) -> list[EvalOutcome]:  # fmt: skip
     """Held-out task (generation + reference log-likelihood) of the base model or the adapter."""
-    return _evaluate(config, lineage, run_id, base, adapter, "heldout")
+    started = now()
+    outcomes = evaluate_recorded(config, lineage, run_id, base, adapter, "heldout")
+    subject = "base" if adapter is None else "adapter"
+    items, seconds = sum(o.n for o in outcomes), _seconds(started)  # model loading included
+    dtype = outcomes[0].dtype if outcomes else "-"
+    done = (f"in {seconds:.1f} s, {rate(items, seconds, 'items')}"
+            if any(o.seconds for o in outcomes)
+            else "reused from an earlier run (same cache key)")  # fmt: skip
+    say(stage_line("eval", f"heldout {subject}: {items:,} items ({dtype}) {done}"))
+    _stage(lineage, run_id, f"eval_heldout_{subject}", started, n={o.task: o.n for o in outcomes},
+           seconds={o.task: o.seconds for o in outcomes})  # fmt: skip
+    return outcomes
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate_general(
-    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel,
-    adapter: TrainResult | None,
-) -> list[EvalOutcome]:  # fmt: skip
-    """General-capability suite (PIQA, ARC-Easy, HellaSwag) of the base model or the adapter."""
-    return _evaluate(config, lineage, run_id, base, adapter, "general")
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel, adapter: TrainResult
+) -> tuple[list[EvalOutcome], list[EvalOutcome]]:
+    """General-capability suite (PIQA, ARC-Easy, HellaSwag) of base and adapter, paired: with
+    sequential evaluation both stop a task once its gate is conclusive."""
+    started = now()
+    base_outcomes, adapter_outcomes = evaluate_general_recorded(config, lineage, run_id, base,
+                                                                adapter)  # fmt: skip
+    seconds = _seconds(started)  # model loading included
+    if adapter_outcomes:
+        n_base, n_adapter = (sum(o.n for o in base_outcomes),
+                             sum(o.n for o in adapter_outcomes))  # fmt: skip
+        stops = ", ".join(f"{o.task.removeprefix('tunegate_')} {o.look.n} of {o.look.full}"
+                          for o in adapter_outcomes if o.look)  # fmt: skip
+        say(stage_line("eval", f"general: base {n_base:,} + adapter {n_adapter:,} items "
+                       f"({adapter_outcomes[0].dtype}) in {seconds:.1f} s"
+                       + (f"; the adapter stopped at {stops}" if stops else "")))  # fmt: skip
+    _stage(lineage, run_id, "eval_general", started, seconds=seconds,
+           n={f"{o.subject}:{o.task}": o.n for o in base_outcomes + adapter_outcomes})  # fmt: skip
+    return base_outcomes, adapter_outcomes
 
 
 @task(cache_policy=NO_CACHE)
@@ -258,8 +259,8 @@ def pipeline(config_path: str = "pipeline.yaml", run_id: str | None = None) -> d
         base_evals = evaluate_heldout(config, lineage, run_id, base, None)
         fault_point("base_evals")
         adapter_evals = evaluate_heldout(config, lineage, run_id, base, adapter)
-        base_evals += evaluate_general(config, lineage, run_id, base, None)
-        adapter_evals += evaluate_general(config, lineage, run_id, base, adapter)
+        general_base, general_adapter = evaluate_general(config, lineage, run_id, base, adapter)
+        base_evals, adapter_evals = base_evals + general_base, adapter_evals + general_adapter
         fault_point("adapter_evals")
         gates, decision = gate_adapter(config, lineage, run_id, adapter, base_evals, adapter_evals)
         fault_point("gates_recorded")

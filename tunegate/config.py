@@ -449,16 +449,16 @@ def known_general_task(name: str) -> str:
 class SequentialConfig(Section):
     """Sequential evaluation of the adapter on the general suite (README "Evaluation and gates").
 
-    The adapter answers the items chunk by chunk; after each chunk its no-forgetting gate is
-    read with a group-sequential bound (Lan-DeMets alpha spending,
-    `tunegate/evaluation/sequential.py`) and the task stops as soon as it is conclusive.
-    The base model is still scored on every item (its scores are cached).
+    Base and adapter answer the items chunk by chunk; after each chunk the task's
+    no-forgetting gate is read with a group-sequential bound (Lan-DeMets alpha spending,
+    `tunegate/evaluation/sequential.py`) and the task stops as soon as it is conclusive. The
+    base answers only the items its cached scores lack; its cache grows run by run.
     """
 
     enabled: bool = Field(
         True,
-        description="Evaluate the adapter in chunks and stop a task once its gate is pass or "
-        "fail; false: every item, one fixed-size bootstrap test (the chunk >= the task's size "
+        description="Evaluate base and adapter in chunks and stop a task once its gate is pass "
+        "or fail; false: every item, one fixed-size bootstrap test (the chunk >= the task's size "
         "does the same).",
     )
     chunk: int = Field(

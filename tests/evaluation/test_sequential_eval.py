@@ -1,6 +1,7 @@
 """Sequential evaluation end to end on a tiny random model: a task whose gate is conclusive at
-the first look stops there, records the items it used and the look, and decides as the
-fixed-size run does."""
+the first look stops there for base and adapter, records the items it used and the look, and
+decides as the fixed-size run does; the base's scores of the items it answered are cached and
+grow from run to run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from tunegate.config import parse_config
-from tunegate.evaluation.stage import evaluate_recorded
+from tunegate.evaluation.stage import evaluate_general_recorded
 from tunegate.lineage import Lineage
 from tunegate.models import BaseModel, sha256_dir
 from tunegate.release.gates.general_drop import GeneralDrop
@@ -45,19 +46,29 @@ def test_a_conclusive_task_stops_early_and_decides_as_the_fixed_size_run(tiny_ba
     lineage = Lineage(":memory:")
     lineage.record_adapter(noop.adapter_id, "train-0", str(noop.adapter_dir),
                            tiny_base_model.sha256, "snap", "cfg")  # fmt: skip
-    base = evaluate_recorded(sequential, lineage, "run", tiny_base_model, None, "general")
-    early = evaluate_recorded(sequential, lineage, "run", tiny_base_model, noop, "general")
-    whole = evaluate_recorded(fixed, lineage, "fixed", tiny_base_model, noop, "general")
+    base, early = evaluate_general_recorded(sequential, lineage, "run", tiny_base_model, noop)
 
-    # 1. The base answered all 30 items, the adapter stopped after the first chunk of 10.
-    assert base[0].n == 30 and whole[0].n == 30 and whole[0].look is None
-    assert early[0].n == 10 and (early[0].look.index, early[0].look.looks) == (1, 3)
-    adapter_rows = [r for r in lineage.eval_results("run") if r["subject"] == "adapter"]
-    assert adapter_rows and {r["n"] for r in adapter_rows} == {10}
+    # 1. Base and adapter answered the first chunk of 10 of the 30 items, and stopped there.
+    assert (
+        base[0].n == 10
+        and early[0].n == 10
+        and (early[0].look.index, early[0].look.looks) == (1, 3)
+    )
+    assert [s.item_id for s in base[0].samples] == [s.item_id for s in early[0].samples]
+    assert {r["n"] for r in lineage.eval_results("run")} == {10}
+
+    # The fixed-size run does not take the cached 10 for the 30 items it needs; it records
+    # all 30 under the same key, and the next sequential run asks the base for nothing.
+    whole_base, whole = evaluate_general_recorded(fixed, lineage, "fixed", tiny_base_model, noop)
+    assert whole_base[0].n == 30 and whole_base[0].seconds > 0
+    assert whole[0].n == 30 and whole[0].look is None
+    again_base, again = evaluate_general_recorded(sequential, lineage, "again", tiny_base_model,
+                                                  noop)  # fmt: skip
+    assert again_base[0].n == 30 and again_base[0].seconds == 0 and again[0].n == 10
 
     # 2. Same decision as the fixed-size gate on every item; the early one says where it stopped.
     (gate,) = GeneralDrop().evaluate(sequential, base, early)
-    (full,) = GeneralDrop().evaluate(fixed, base, whole)
+    (full,) = GeneralDrop().evaluate(fixed, whole_base, whole)
     assert gate.outcome == full.outcome == "pass" and (gate.n, full.n) == (10, 30)
     assert "sequential look 1 of 3: 10 of 30 items" in gate.reason and full.look is None
 

@@ -160,18 +160,8 @@ def evaluate(
     adapter was trained with; generation stops at the template's end of turn.
     """
     # 1. Inputs: task definitions and data files, everything offline.
-    for task in tasks:
-        for path in (task.yaml, task.data):
-            if not path.is_file():
-                raise EvalError(f"{task.name}: {path} not found")
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
-
+    dtype = check_inputs(tasks)
     # 2. Model: base weights with the adapter merged in, when there is one.
-    dtypes = {task.dtype for task in tasks}
-    if len(dtypes) != 1:
-        raise EvalError(f"tasks of one evaluation must share a dtype, got {sorted(dtypes)}")
-    (dtype,) = dtypes
     model, tokenizer = load_model(base.path, adapter_dir, dtype, config)
     try:
         end = end_of_turn(tokenizer, config.model.end_of_turn if config else None)
@@ -192,6 +182,20 @@ def evaluate(
     return outcomes
 
 
+def check_inputs(tasks: Sequence[EvalTask]) -> str:
+    """The one dtype `tasks` share, once their files are there; libraries set offline."""
+    for task in tasks:
+        for path in (task.yaml, task.data):
+            if not path.is_file():
+                raise EvalError(f"{task.name}: {path} not found")
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    dtypes = {task.dtype for task in tasks}
+    if len(dtypes) != 1:
+        raise EvalError(f"tasks of one evaluation must share a dtype, got {sorted(dtypes)}")
+    return dtypes.pop()
+
+
 def load_model(
     model_dir: Path, adapter_dir: Path | None, dtype: str, config: PipelineConfig | None = None
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
@@ -202,6 +206,21 @@ def load_model(
     The merge runs in fp32 and the merged weights are cast once, so base and adapter are
     rounded to `dtype` the same way.
     """
+    import torch
+
+    model, tokenizer = load_base_fp32(model_dir, config)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.to(device=pick_device(), dtype=getattr(torch, dtype))
+    return model, tokenizer
+
+
+def load_base_fp32(
+    model_dir: Path, config: PipelineConfig | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model in fp32 on the CPU (where adapters are merged), and the tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -215,11 +234,6 @@ def load_model(
     # Markers added by `model.add_missing_tokens`: the base reads them at the mean row, the
     # adapter brings their trained rows.
     fit_embeddings(model, len(tokenizer))
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    model.to(device=pick_device(), dtype=getattr(torch, dtype))
     return model, tokenizer
 
 

@@ -4,7 +4,6 @@ with the base model's scores reused from the cache when nothing they depend on c
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from tunegate.chat import template_text
@@ -33,67 +32,90 @@ def evaluate_recorded(
     suite: str,
 ) -> list[EvalOutcome]:
     """The held-out (`suite="heldout"`) or general-capability (`"general"`) evals of the base
-    model (adapter None) or of an adapter, recorded with per-sample rows.
+    model (adapter None) or of an adapter on every item, recorded with per-sample rows.
 
     The base model's scores on a task are reused from an earlier run when their cache key
-    (base files, task files and data, settings, device, library versions) matches and
-    `eval.cache_base` is on; they are recorded under this run either way. The adapter's
-    general suite runs chunk by chunk and stops each task once its gate is conclusive
-    (`eval.general.sequential`, `tunegate/evaluation/chunked.py`), paired with the base
-    scores recorded earlier in this run.
+    (base files, task files and data, settings, device, library versions) matches, they cover
+    every item and `eval.cache_base` is on; they are recorded under this run either way.
     """
     tasks = heldout_tasks(config) if suite == "heldout" else general_tasks(config)
     subject = "base" if adapter is None else "adapter"
+    keys = cache_keys(config, base, tasks) if adapter is None else {}
+    outcomes: dict[str, EvalOutcome] = {}
+    for task in tasks:  # a base record of a sequential run may hold the first items only
+        cached = cached_base(config, lineage, keys, [task]).get(task.name)
+        if cached is not None and cached.n == len(task_lines(task)):
+            outcomes[task.name] = cached
+    todo = [t for t in tasks if t.name not in outcomes]
+    if todo:
+        fresh = evaluate(base, adapter.adapter_dir if adapter else None, subject, todo, config)
+        outcomes.update({o.task: o for o in fresh})
+    result = [outcomes[t.name] for t in tasks]
+    record(lineage, run_id, adapter, result, keys)
+    return result
+
+
+def evaluate_general_recorded(
+    config: PipelineConfig, lineage: Lineage, run_id: str, base: BaseModel, adapter: TrainResult
+) -> tuple[list[EvalOutcome], list[EvalOutcome]]:
+    """The general suite of base and adapter, (base outcomes, adapter outcomes), recorded.
+
+    With `eval.general.sequential` on and a task of more than one look, both subjects answer
+    chunk by chunk and each task stops once its gate is conclusive
+    (`tunegate/evaluation/chunked.py`): the base answers only the items the decision needs
+    and its cached scores lack, and its record grows from run to run under the same cache
+    key. Otherwise each subject answers every item, the base's full scores reused as in
+    `evaluate_recorded`.
+    """
+    tasks = general_tasks(config)
+    sequential = config.eval.general.sequential.enabled and any(
+        d.looks > 1 for d in sequential_designs(config, tasks).values())  # fmt: skip
+    if not tasks or not sequential:
+        return (evaluate_recorded(config, lineage, run_id, base, None, "general"),
+                evaluate_recorded(config, lineage, run_id, base, adapter, "general"))  # fmt: skip
+    keys = cache_keys(config, base, tasks)
+    known = {name: o.samples for name, o in cached_base(config, lineage, keys, tasks).items()}
+    base_outcomes, adapter_outcomes = evaluate_in_chunks(base, adapter.adapter_dir, tasks,
+                                                         known, config)  # fmt: skip
+    record(lineage, run_id, None, base_outcomes, keys)
+    record(lineage, run_id, adapter, adapter_outcomes, {})
+    return base_outcomes, adapter_outcomes
+
+
+def cache_keys(config: PipelineConfig, base: BaseModel, tasks: list[EvalTask]) -> dict[str, str]:
+    """Task -> the cache key of the base model's scores on it."""
     chat: dict[str, Any] = config.model.model_dump(exclude={"base_model"})
     if config.model.chat_template:  # a .jinja file may change under the same path
         text = template_text(config.model.chat_template, config)
         chat["template_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    keys = {t.name: cache_key(t, base, chat) for t in tasks} if adapter is None else {}
-    outcomes: dict[str, EvalOutcome] = {}
+    return {t.name: cache_key(t, base, chat) for t in tasks}
+
+
+def cached_base(
+    config: PipelineConfig, lineage: Lineage, keys: dict[str, str], tasks: list[EvalTask]
+) -> dict[str, EvalOutcome]:
+    """The base model's scores an earlier run recorded under each task's key (the most items
+    first), when `eval.cache_base` is on; tasks without any are left out."""
+    found: dict[str, EvalOutcome] = {}
     for task in tasks:
         cached = lineage.cached_eval(keys[task.name]) if keys and config.eval.cache_base else None
         if cached is not None:
-            outcomes[task.name] = cached_outcome(cached, task)
-            print(f"[eval] base: {task.name} reused from run {cached['run_id']} (same cache key)")
-    todo = [t for t in tasks if t.name not in outcomes]
-    paired = base_items(config, lineage, run_id, todo) if adapter and suite == "general" else None
-    if todo and adapter and paired is not None:
-        fresh = evaluate_in_chunks(base, adapter.adapter_dir, todo, paired, config)
-        outcomes.update({o.task: o for o in fresh})
-    elif todo:
-        fresh = evaluate(base, adapter.adapter_dir if adapter else None, subject, todo, config)
-        outcomes.update({o.task: o for o in fresh})
-    for task in tasks:
-        o = outcomes[task.name]
+            found[task.name] = cached_outcome(cached, task)
+            print(f"[eval] base: {task.name}: {cached['n']} items' scores from run "
+                  f"{cached['run_id']} (same cache key)")  # fmt: skip
+    return found
+
+
+def record(
+    lineage: Lineage, run_id: str, adapter: TrainResult | None, outcomes: list[EvalOutcome],
+    keys: dict[str, str],
+) -> None:  # fmt: skip
+    """Each outcome's metrics and samples under this run (the base's with its cache key)."""
+    for o in outcomes:
         lineage.record_eval(
-            run_id, subject, adapter.adapter_id if adapter else None, o.task, o.metrics, o.n,
-            o.samples, metric=o.primary, cache_key=keys.get(task.name),
+            run_id, o.subject, adapter.adapter_id if adapter else None, o.task, o.metrics, o.n,
+            o.samples, metric=o.primary, cache_key=keys.get(o.task),
         )  # fmt: skip
-    return [outcomes[t.name] for t in tasks]
-
-
-def base_items(
-    config: PipelineConfig, lineage: Lineage, run_id: str, tasks: list[EvalTask]
-) -> dict[str, dict[str, float]] | None:
-    """Task -> item id -> the base's gated metric, recorded earlier in this run, when the
-    adapter should be evaluated sequentially: `eval.general.sequential` on, some task of more
-    than one look, and the base scored on every item of every task. None: every item at once.
-    """
-    if not tasks or not config.eval.general.sequential.enabled:
-        return None
-    if all(d.looks == 1 for d in sequential_designs(config, tasks).values()):
-        return None
-    metric, paired = config.gates.general.metric, {}
-    for task in tasks:
-        rows = lineage.eval_samples(run_id, "base", task.name)
-        scores = {r["item_id"]: r["scores"][metric] for r in rows if metric in r["scores"]}
-        needed = {json.loads(line).get("id") for line in task_lines(task)}
-        if not needed <= set(scores):
-            print(f"[eval] adapter: {task.name}: the base's scores of this run do not cover "
-                  "its items; every item at once, no sequential stopping")  # fmt: skip
-            return None
-        paired[task.name] = scores
-    return paired
 
 
 def cached_outcome(cached: dict[str, Any], task: EvalTask) -> EvalOutcome:

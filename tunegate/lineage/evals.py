@@ -75,13 +75,14 @@ class EvalRecords(LineageDatabase):
         return rows
 
     def cached_eval(self, cache_key: str) -> dict[str, Any] | None:
-        """The latest base-model scores recorded under `cache_key`: run, task, metrics, n and
+        """The base-model scores recorded under `cache_key` on the most items (a sequential
+        run records the first items only), the latest of those: run, task, metrics, n and
         samples; None when no run has them."""
         rows = self.query(
             "SELECT run_id, task, metric, value, stderr, n FROM eval_results "
             "WHERE cache_key = ? AND subject = 'base' AND run_id = ("
             "  SELECT run_id FROM eval_results WHERE cache_key = ? AND subject = 'base' "
-            "  ORDER BY created_at DESC LIMIT 1)", [cache_key, cache_key]
+            "  ORDER BY n DESC, created_at DESC LIMIT 1)", [cache_key, cache_key]
         )  # fmt: skip
         if not rows:
             return None
