@@ -113,9 +113,15 @@ def prefect_server(home: Path, **settings: str) -> Iterator[PrefectServer]:
                 time.sleep(1)
         yield server
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the services it spawned
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc)  # the server and the services it spawned
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM to the process group `proc` leads, SIGKILL after `grace_s`: a Prefect server or
+    worker on busy cores may take longer than that to shut down, which no test is about."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -15,9 +15,7 @@ that picks both runs up on its own:
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
@@ -29,7 +27,7 @@ import duckdb
 import pytest
 import yaml
 from conftest import REPO
-from prefect_server import PREFECT, PrefectServer, free_port, prefect_server
+from prefect_server import PREFECT, PrefectServer, free_port, prefect_server, stop_group
 from test_pipeline import TUNEGATE, write_pipeline
 
 # ~3-4 min: a server, a worker and two flow runs in subprocesses
@@ -142,8 +140,7 @@ def test_worker_runs_due_nights_to_completed_and_failed(tmp_path, tiny_base_mode
             )
             server.wait_for("two webhook calls", lambda: len(Webhook.received) >= 2, timeout_s=120)
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+            stop_group(worker)
             receiver.shutdown()
         worker_output = worker_log.read_text()[-4000:]
 

@@ -46,6 +46,9 @@ def evaluate_recorded(
         cached = cached_base(config, lineage, keys, [task]).get(task.name)
         if cached is not None and cached.n == len(task_lines(task)):
             outcomes[task.name] = cached
+        elif cached is not None:
+            print(f"[eval] base: {task.name}: the cache holds {cached.n} of "
+                  f"{len(task_lines(task))} items; every item evaluated")  # fmt: skip
     todo = [t for t in tasks if t.name not in outcomes]
     if todo:
         fresh = evaluate(base, adapter.adapter_dir if adapter else None, subject, todo, config)
