@@ -74,7 +74,7 @@ def evaluate_in_chunks(
     samples: dict[str, list[Sample]] = {t.name: [] for t in tasks}
     seconds: dict[Subject, dict[str, float]] = {s: {t.name: 0.0 for t in tasks}
                                                 for s in ("base", "adapter")}  # fmt: skip
-    done: dict[str, EvalOutcome] = {}
+    done: dict[str, Look | None] = {}  # task -> where it stopped (None: a one-look task)
     with tempfile.TemporaryDirectory(prefix="tunegate-chunks-") as tmp:
         for k in range(max(d.looks for d in designs.values())):
             # 1. The next chunk of every task still open: the base's missing items, then the
@@ -119,9 +119,8 @@ def evaluate_in_chunks(
                 print(f"[eval] {short} stopped at look {k + 1} of {d.looks} ({n} of "
                       f"{d.sizes[-1]} items): {verdict or 'inconclusive'}")  # fmt: skip
                 done[o.task] = look
-    by_name = {t.name: t for t in tasks}
-    adapter = [merged("adapter", by_name[name], samples[name], seconds["adapter"][name], look)
-               for name, look in ((t.name, done[t.name]) for t in tasks)]  # fmt: skip
+    adapter = [merged("adapter", t, samples[t.name], seconds["adapter"][t.name], done[t.name])
+               for t in tasks]  # fmt: skip
     base_outcomes = [
         merged("base", t, [scored[t.name][i] for i in ids[t.name] if i in scored[t.name]],
                seconds["base"][t.name])

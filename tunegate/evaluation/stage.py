@@ -42,13 +42,15 @@ def evaluate_recorded(
     subject = "base" if adapter is None else "adapter"
     keys = cache_keys(config, base, tasks) if adapter is None else {}
     outcomes: dict[str, EvalOutcome] = {}
+    found = cached_base(config, lineage, keys, tasks)
     for task in tasks:  # a base record of a sequential run may hold the first items only
-        cached = cached_base(config, lineage, keys, [task]).get(task.name)
-        if cached is not None and cached.n == len(task_lines(task)):
+        if (cached := found.get(task.name)) is None:
+            continue
+        if cached.n == (size := len(task_lines(task))):
             outcomes[task.name] = cached
-        elif cached is not None:
-            print(f"[eval] base: {task.name}: the cache holds {cached.n} of "
-                  f"{len(task_lines(task))} items; every item evaluated")  # fmt: skip
+        else:
+            print(f"[eval] base: {task.name}: the cache holds {cached.n} of {size} items; "
+                  "every item evaluated")  # fmt: skip
     todo = [t for t in tasks if t.name not in outcomes]
     if todo:
         fresh = evaluate(base, adapter.adapter_dir if adapter else None, subject, todo, config)
