@@ -26,6 +26,13 @@ REPO = Path(__file__).resolve().parent.parent
 HELDOUT_TASK = REPO / "evals/tasks/heldout/heldout.yaml"
 
 
+class TaskLoader(yaml.SafeLoader):
+    """lm-eval's task YAML: its `!function` tags read as the plain strings they hold."""
+
+
+TaskLoader.add_multi_constructor("!", lambda loader, _tag, node: loader.construct_scalar(node))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -44,7 +51,7 @@ def main() -> int:
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     print(f"# {args.model}: generation_config eos_token_id {sorted(eos_ids)} = "
           f"{tokenizer.convert_ids_to_tokens(sorted(eos_ids))}")  # fmt: skip
-    system = yaml.safe_load(HELDOUT_TASK.read_text())["description"]
+    system = yaml.load(HELDOUT_TASK.read_text(), TaskLoader)["description"]
     tickets = [json.loads(line) for line in args.heldout.read_text().splitlines()[: args.n]]
 
     lengths, ended = [], 0
