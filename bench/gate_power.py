@@ -1,20 +1,26 @@
 """Gate power: which planted degradations each per-item score lets the general gate detect.
 
     python bench/gate_power.py                        # pipeline.yaml's size (eval.general.limit)
-    python bench/gate_power.py --limit 100 --scales 0.25,1,4
+    python bench/gate_power.py --limit 100 --adapters noop,0.25,1,4
+    python bench/gate_power.py --adapters shuffled    # a LoRA trained on shuffled labels
 
-Evaluates the base model's general suite once, then base + a LoRA with random A and B on every
-linear layer (`bench/eval.py`'s `random_adapter`) at several scales (`lora_alpha / r`: the
-larger, the more damage), and a no-op LoRA (B = 0: adapter = base, must pass). For each and
-each score (p_gold, acc, acc_norm) it prints the paired mean change, its one-sided 95% bounds
-and the gate's outcome (pass / FAIL / inconclusive) at `gates.general.max_drop`, plus the
-standard deviation of the per-item difference, which sets the items a decision needs.
+Evaluates the base model's general suite once, then base + each planted adapter:
+- `noop`: peft's own init (B = 0): adapter = base, must pass;
+- a number: a LoRA with random A and B on every linear layer at that scale (`lora_alpha / r`:
+  the larger, the more damage);
+- `shuffled`: a LoRA trained as `make run` trains (pipeline.yaml's `lora` and `train`), on the
+  curated sample with the answers permuted across prompts (seeded): what a broken join or an
+  off-by-one in a data export trains.
+For each and each score (p_gold, acc, acc_norm) it prints the paired mean change, its one-sided
+95% bounds and the gate's outcome (pass / FAIL / inconclusive) at `gates.general.max_drop`, plus
+the standard deviation of the per-item difference, which sets the items a decision needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
@@ -23,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tunegate.config import load_config  # noqa: E402
+from tunegate.config import PipelineConfig, load_config  # noqa: E402
 from tunegate.evaluation.evaluate import EvalOutcome, evaluate, general_tasks  # noqa: E402
 from tunegate.models import BaseModel, resolve_base_model  # noqa: E402
 from tunegate.precision import cpu_kind  # noqa: E402
@@ -47,6 +53,39 @@ def lora(base: BaseModel, out: Path, scale: float, seed: int = 0) -> Path:
     return out
 
 
+def shuffled_labels_lora(config: PipelineConfig, base: BaseModel, out: Path, seed: int = 0) -> Path:
+    """A LoRA trained with `config`'s recipe on its curated data, each row's last answer given to
+    another row's prompt (a seeded permutation of the answers)."""
+    from tunegate.curation.run import curate_records
+    from tunegate.data.snapshot import write_snapshot
+    from tunegate.training.train import train_adapter
+
+    snapshot = write_snapshot(list(curate_records(config).accepted), out / "snapshot").path
+    rows = [json.loads(line) for line in snapshot.read_text(encoding="utf-8").splitlines()]
+    answers = [row["messages"][-1]["content"] for row in rows]
+    random.Random(seed).shuffle(answers)
+    for row, answer in zip(rows, answers, strict=True):
+        row["messages"][-1]["content"] = answer
+    shuffled = out / "shuffled.jsonl"
+    shuffled.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    workspace = config.model_copy(update={"workspace": str(out / "ws")})
+    start = time.perf_counter()
+    train_adapter(workspace, base, shuffled, out / "adapter")
+    print(f"shuffled-labels LoRA trained: {len(rows)} rows, {time.perf_counter() - start:.0f} s",
+          flush=True)  # fmt: skip
+    return out / "adapter"
+
+
+def planted(name: str, config: PipelineConfig, base: BaseModel, out: Path) -> tuple[str, Path]:
+    """One planted adapter of `--adapters` (`noop`, `shuffled` or a random LoRA's scale):
+    its label and directory."""
+    if name == "shuffled":
+        return "LoRA, shuffled labels", shuffled_labels_lora(config, base, out)
+    scale = 0.0 if name == "noop" else float(name)
+    label = "no-op (B = 0)" if scale == 0 else f"random LoRA x{scale:g}"
+    return label, lora(base, out, scale)
+
+
 def per_item(o: EvalOutcome, metric: str) -> dict[str, float]:
     return {s.item_id: s.scores[metric] for s in o.samples}
 
@@ -55,7 +94,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "pipeline.yaml"))
     parser.add_argument("--limit", type=int, default=None, help="items per task (config's)")
-    parser.add_argument("--scales", default="0.125,0.25,0.5,1", help="random LoRA alpha / r")
+    parser.add_argument(
+        "--adapters",
+        default="noop,0.125,0.25,0.5,1",
+        help="comma-separated: noop, shuffled, or a random LoRA's alpha / r",
+    )
     parser.add_argument("--tasks", default=None, help="comma-separated (config's)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -76,12 +119,11 @@ def main() -> int:
     before = evaluate(base, None, "base", tasks)
     print(f"base: {time.perf_counter() - start:.0f} s", flush=True)
     rows = []
-    scales = [0.0, *(float(s) for s in args.scales.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
-        for scale in scales:
+        for which in args.adapters.split(","):
             start = time.perf_counter()
-            after = evaluate(base, lora(base, Path(tmp) / f"s{scale}", scale), "adapter", tasks)
-            name = "no-op (B = 0)" if scale == 0 else f"random LoRA x{scale:g}"
+            name, adapter = planted(which, config, base, Path(tmp) / which)
+            after = evaluate(base, adapter, "adapter", tasks)
             for b, a in zip(before, after, strict=True):
                 task = b.task.removeprefix("tunegate_")
                 for metric in SCORES:

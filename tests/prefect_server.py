@@ -65,17 +65,25 @@ class PrefectServer:
                 inside = False
         return ["\n".join(r) for r in records]
 
-    def wait_for(self, what: str, probe: Callable[[], Any], timeout_s: float) -> Any:
-        """Poll `probe` until it returns something truthy; fail naming `what` and the log."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def wait_for(
+        self, what: str, probe: Callable[[], Any], timeout_s: float,
+        fatal: Callable[[str], bool] = lambda error: True,
+    ) -> Any:  # fmt: skip
+        """Poll `probe` until it returns something truthy; fail naming `what` and the log.
+
+        A server error `fatal` accepts ends the wait at once (no point waiting out the clock);
+        the others are reported only if the wait times out.
+        """
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
             found = probe()
             if found:
                 return found
-            if self.errors():
-                break  # the server already failed: no point waiting out the clock
+            if any(fatal(error) for error in self.errors()):
+                break
             time.sleep(2)
-        raise AssertionError(f"{what} not seen within {timeout_s:.0f} s; server errors:\n"
+        raise AssertionError(f"{what} not seen after {time.monotonic() - start:.0f} s (limit "
+                             f"{timeout_s:.0f} s); server errors:\n"
                              + "\n---\n".join(self.errors()))  # fmt: skip
 
 

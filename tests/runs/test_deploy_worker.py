@@ -91,6 +91,13 @@ def lineage_runs(workspace: Path) -> list[tuple]:
         return con.execute("SELECT run_id, status, detail FROM runs ORDER BY started_at").fetchall()
 
 
+def scheduler_error(error: str) -> bool:
+    """The server errors this test fails on. SQLite under the worker's load may also log
+    "database is locked" on a worker heartbeat, which Prefect retries on the next one (README
+    "Deploying" recommends PostgreSQL for more than one machine): not what this test is about."""
+    return "schedul" in error
+
+
 def test_worker_runs_due_nights_to_completed_and_failed(tmp_path, tiny_base_model):
     (tmp_path / "tiny").mkdir()
     tiny = write_pipeline(
@@ -133,12 +140,16 @@ def test_worker_runs_due_nights_to_completed_and_failed(tmp_path, tiny_base_mode
             )  # fmt: skip
         try:
             failed = server.wait_for(
-                "the broken night finished", lambda: finished(server, "broken"), timeout_s=300
+                "the broken night finished",
+                lambda: finished(server, "broken"),
+                300,
+                scheduler_error,
             )
             done = server.wait_for(
-                "the tiny night finished", lambda: finished(server, "tiny"), timeout_s=900
+                "the tiny night finished", lambda: finished(server, "tiny"), 900, scheduler_error
             )
-            server.wait_for("two webhook calls", lambda: len(Webhook.received) >= 2, timeout_s=120)
+            server.wait_for("two webhook calls", lambda: len(Webhook.received) >= 2, 120,
+                            scheduler_error)  # fmt: skip
         finally:
             stop_group(worker)
             receiver.shutdown()
@@ -163,9 +174,8 @@ def test_worker_runs_due_nights_to_completed_and_failed(tmp_path, tiny_base_mode
         (artifact,) = server.api("POST", "/artifacts/filter", {"artifacts": trends})
         assert run_id in artifact["data"] and "refused" in artifact["data"]
 
-        # 4. The scheduler kept working under the worker's load. (SQLite may log "database is
-        # locked" on heartbeats under heavier load: README "Deploying" recommends PostgreSQL.)
-        assert [e for e in server.errors() if "schedul" in e] == []
+        # 4. The scheduler kept working under the worker's load.
+        assert list(filter(scheduler_error, server.errors())) == []
 
         # 5. One webhook call per night, naming its status and lineage run.
         texts = sorted(call["text"] for call in Webhook.received)
