@@ -57,17 +57,17 @@ def shuffled_labels_lora(config: PipelineConfig, base: BaseModel, out: Path, see
     """A LoRA trained with `config`'s recipe on its curated data, each row's last answer given to
     another row's prompt (a seeded permutation of the answers)."""
     from tunegate.curation.run import curate_records
-    from tunegate.data.snapshot import write_snapshot
+    from tunegate.data.snapshot import read_snapshot, write_snapshot
     from tunegate.training.train import train_adapter
 
     snapshot = write_snapshot(list(curate_records(config).accepted), out / "snapshot").path
-    rows = [json.loads(line) for line in snapshot.read_text(encoding="utf-8").splitlines()]
-    answers = [row["messages"][-1]["content"] for row in rows]
+    rows = read_snapshot(snapshot)
+    answers = [messages[-1]["content"] for messages in rows]
     random.Random(seed).shuffle(answers)
-    for row, answer in zip(rows, answers, strict=True):
-        row["messages"][-1]["content"] = answer
+    for messages, answer in zip(rows, answers, strict=True):
+        messages[-1]["content"] = answer
     shuffled = out / "shuffled.jsonl"
-    shuffled.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    shuffled.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows), encoding="utf-8")
     workspace = config.model_copy(update={"workspace": str(out / "ws")})
     start = time.perf_counter()
     train_adapter(workspace, base, shuffled, out / "adapter")

@@ -23,7 +23,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-HELDOUT_TASK = REPO / "evals/tasks/heldout/heldout.yaml"
+sys.path.insert(0, str(REPO))
+
+from tunegate.evaluation.evaluate import TASK_YAML  # noqa: E402
 
 
 class TaskLoader(yaml.SafeLoader):
@@ -51,7 +53,7 @@ def main() -> int:
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     print(f"# {args.model}: generation_config eos_token_id {sorted(eos_ids)} = "
           f"{tokenizer.convert_ids_to_tokens(sorted(eos_ids))}")  # fmt: skip
-    system = yaml.load(HELDOUT_TASK.read_text(), TaskLoader)["description"]
+    system = yaml.load(TASK_YAML.read_text(), TaskLoader)["description"]
     tickets = [json.loads(line) for line in args.heldout.read_text().splitlines()[: args.n]]
 
     lengths, ended = [], 0
